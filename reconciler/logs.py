@@ -1,0 +1,73 @@
+"""structlog configured once per process: JSON in production, a readable console on a TTY.
+
+Context (customer, subscription, change and request ids) travels in contextvars, so every line
+logged while a change is worked on carries them without being passed around.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = ("token", "secret", "password", "authorization", "signature", "database_url")
+_configured = False
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            event[key] = "***"
+    return event
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto", *, force: bool = False) -> None:
+    """Configure structlog and the stdlib root logger. Idempotent unless ``force``."""
+    global _configured
+    if _configured and not force:
+        return
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer])
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "aiosqlite", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    _configured = True
+
+
+@contextmanager
+def bound(**ids: str | None) -> Iterator[None]:
+    """Bind ids (customer, subscription, change, request) to every log line inside the block."""
+    clean = {k: v for k, v in ids.items() if v is not None}
+    with structlog.contextvars.bound_contextvars(**clean):
+        yield
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
