@@ -1,0 +1,82 @@
+"""Validate HTTP traffic against OpenMeter's own OpenAPI contract (beta.227).
+
+The spec is reference data at ``../shared/openmeter/openapi.yaml`` (never copied into the
+project). ``assert_request`` checks what our client sends; ``assert_response`` checks what the
+emulator answers. Both take httpx objects so they work with respx mocks and real transports.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from openapi_core import OpenAPI
+from openapi_core.datatypes import RequestParameters
+from werkzeug.datastructures import Headers, ImmutableMultiDict
+
+SPEC_PATH = Path(
+    os.environ.get(
+        "OPENMETER_OPENAPI",
+        Path(__file__).resolve().parents[1].parent / "shared" / "openmeter" / "openapi.yaml",
+    )
+)
+
+
+@cache
+def spec() -> OpenAPI:
+    if not SPEC_PATH.exists():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"OpenMeter OpenAPI spec missing at {SPEC_PATH}")
+        pytest.skip(f"OpenMeter OpenAPI spec not found at {SPEC_PATH}")
+    return OpenAPI.from_file_path(str(SPEC_PATH))
+
+
+class _Req:
+    def __init__(self, request: httpx.Request) -> None:
+        url = urlsplit(str(request.url))
+        # The spec declares one server, https://127.0.0.1; match paths regardless of test host.
+        self.host_url = "https://127.0.0.1"
+        self.path = url.path
+        self.method = request.method.lower()
+        self.parameters = RequestParameters(
+            query=ImmutableMultiDict(
+                [(k, v) for k, vs in parse_qs(url.query).items() for v in vs]
+            ),
+            header=Headers(dict(request.headers)),
+            cookie=ImmutableMultiDict({}),
+        )
+        content = request.content if hasattr(request, "_content") else request.read()
+        self.body: bytes | None = content or None
+        self.content_type = request.headers.get("content-type", "application/json")
+
+
+class _Resp:
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.data = response.content
+        self.headers = Headers(dict(response.headers))
+        self.content_type = response.headers.get("content-type", "application/json")
+
+
+def assert_request(request: httpx.Request) -> None:
+    """Raise if ``request`` does not satisfy OpenMeter's OpenAPI contract."""
+    spec().validate_request(_Req(request))  # type: ignore[arg-type]
+
+
+def assert_response(request: httpx.Request, response: httpx.Response) -> None:
+    """Raise if ``response`` (to ``request``) does not satisfy the contract."""
+    spec().validate_response(_Req(request), _Resp(response))  # type: ignore[arg-type]
+
+
+def assert_exchange(response: httpx.Response) -> None:
+    assert_request(response.request)
+    assert_response(response.request, response)
+
+
+def json_of(response: httpx.Response) -> Any:
+    return response.json()
