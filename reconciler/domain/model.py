@@ -77,7 +77,7 @@ class EntitlementTemplate:
 
 @dataclass(frozen=True, slots=True)
 class RateCard:
-    """A plan's rate card. ``raw`` is the exact JSON object from the plan (sent back in add_item)."""
+    """A plan's rate card; ``raw`` is its exact JSON from the plan (sent back in add_item)."""
 
     key: str
     type: str  # "flat_fee" | "usage_based"
