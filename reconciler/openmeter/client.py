@@ -1,0 +1,757 @@
+"""Typed async client for self-hosted OpenMeter (v1.0.0-beta.227).
+
+One :class:`OpenMeterClient` per process (it owns an ``httpx.AsyncClient`` connection pool); use
+it as an async context manager or call :meth:`OpenMeterClient.aclose`.
+
+Retry rules (see ``docs/OPENMETER_CLIENT.md`` for the reasoning):
+
+* **Reads** (``GET``) are idempotent. They are retried on transport errors (connect errors,
+  timeouts, dropped connections), ``408`` (OpenMeter's answer when the request context was
+  cancelled), ``429`` and ``5xx`` except ``501``/``505`` (permanent), up to ``read_retries``
+  extra attempts, with full-jitter exponential backoff capped at ``max_retry_sleep``. A
+  ``Retry-After`` header (delta-seconds or HTTP date) replaces the backoff for that attempt (still
+  capped by ``max_retry_sleep``).
+* **Mutations** (``POST``/``PATCH``/``PUT``/``DELETE``) are never retried. If the response was
+  lost the mutation may or may not have been applied: :class:`TransportError` is raised with
+  ``ambiguous=True`` (``False`` when the connection was never established, i.e. nothing was
+  sent) and the caller re-observes OpenMeter and re-plans. A level-triggered reconciler converges
+  from observed state, so it never needs the client to guess.
+* **Event ingestion** is the one ``POST`` that is retried like a read (opt out with
+  ``retry=False``): a CloudEvent is identified by ``(source, id)``; OpenMeter's sink drops
+  duplicates of the same key inside a flush batch always and across batches when its deduplicator
+  is enabled (``openmeter/sink/sink.go`` ``flush``; ``openmeter/dedupe/dedupe.go`` ``Item.Key``;
+  the quickstart config enables ``sink.dedupe`` with Redis). Callers must use stable event ids.
+
+Every attempt is reported to the optional ``observer`` (sync or async callable) as a
+:class:`CallRecord`; an observer that raises is logged and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from reconciler.openmeter.errors import (
+    NotFound,
+    RateLimited,
+    ServerError,
+    TransportError,
+    UnexpectedStatus,
+    error_for_response,
+)
+from reconciler.openmeter.models import (
+    CloudEvent,
+    Customer,
+    EntitlementV2,
+    EntitlementValueModel,
+    Feature,
+    Meter,
+    MeterQueryResult,
+    Page,
+    PlanModel,
+    Subscription,
+    SubscriptionChangeResponse,
+    SubscriptionExpanded,
+)
+
+if TYPE_CHECKING:
+    from reconciler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M")
+
+USER_AGENT = "openmeter-reconciler/0.1"
+CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+MAX_PAGE_SIZE = 1000  # OpenMeter's pageSize maximum (api/openapi.yaml Pagination.pageSize)
+_MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+_NOT_RETRIED_5XX = frozenset({501, 505})
+# httpx errors raised before any byte of the request reached the server.
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One HTTP attempt, as reported to the observer."""
+
+    operation: str  # e.g. "edit_subscription"
+    method: str
+    path: str
+    request_body: Any  # the JSON body sent (None for reads)
+    status: int | None  # None when no response was received
+    detail: str | None  # error detail (None on success)
+    duration_s: float
+    attempt: int  # 1-based
+    error: str | None  # exception class name (None on success)
+
+
+Observer = Callable[[CallRecord], Awaitable[None] | None]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date); ``None`` if absent/invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def format_time(dt: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix; naive datetimes are refused."""
+    if dt.tzinfo is None:
+        raise ValueError(f"naive datetime {dt!r}: OpenMeter times must be timezone-aware")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, Decimal):
+        return str(value)  # OpenMeter's money type (Numeric) is a decimal string
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
+
+
+def _to_json_value(body: Any) -> Any:
+    """The JSON value of ``body`` (what the observer and the audit log see)."""
+    return json.loads(_dumps(body))
+
+
+def _timing(value: str | datetime | Enum) -> str:
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, Enum):
+        return str(value.value)
+    return value
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, TransportError):
+        return True
+    if isinstance(exc, RateLimited):
+        return True
+    if isinstance(exc, ServerError):
+        return exc.status not in _NOT_RETRIED_5XX
+    return isinstance(exc, UnexpectedStatus) and exc.status == 408
+
+
+class _Wait:
+    """Full-jitter exponential backoff, replaced by ``Retry-After`` when the server sent one."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self._jitter = wait_random_exponential(multiplier=base, max=cap)
+        self._cap = cap
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float):
+            return float(min(max(retry_after, 0.0), self._cap))
+        return float(self._jitter(state))
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    ad = _ADAPTERS.get(tp)
+    if ad is None:
+        ad = _ADAPTERS[tp] = TypeAdapter(tp)
+    return ad
+
+
+def _list_param(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return [str(v.value) if isinstance(v, Enum) else str(v) for v in value]
+
+
+class OpenMeterClient:
+    """Async OpenMeter API client. See the module docstring for the retry rules."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 15.0,
+        max_connections: int = 32,
+        read_retries: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+        observer: Observer | None = None,
+        backoff_base: float = 0.25,
+        max_retry_sleep: float = 30.0,
+        sleep: Sleep | None = None,
+    ) -> None:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+        self.read_retries = read_retries
+        self._observer = observer
+        self._wait = _Wait(backoff_base, max_retry_sleep)
+        self._sleep: Sleep = sleep or asyncio.sleep
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        observer: Observer | None = None,
+    ) -> OpenMeterClient:
+        token = settings.openmeter_token.get_secret_value() if settings.openmeter_token else None
+        return cls(
+            settings.openmeter_url,
+            token=token or None,
+            connect_timeout=settings.openmeter_connect_timeout,
+            read_timeout=settings.openmeter_read_timeout,
+            max_connections=settings.openmeter_max_connections,
+            read_retries=settings.openmeter_read_retries,
+            transport=transport,
+            observer=observer,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ----------------------------------------------------------------------------------------
+    # Core
+
+    async def _notify(self, record: CallRecord) -> None:
+        if self._observer is None:
+            return
+        try:
+            result = self._observer(record)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("OpenMeter call observer failed", extra={"operation": record.operation})
+
+    async def _attempt(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        params: Any,
+        body: Any,
+        content_type: str,
+        attempt: int,
+    ) -> httpx.Response:
+        content = _dumps(body) if body is not None else None
+        headers = {"Content-Type": content_type} if content is not None else None
+        recorded_body = json.loads(content) if content is not None else None
+        started = time.perf_counter()
+        try:
+            response = await self._http.request(
+                method, path, params=params, content=content, headers=headers
+            )
+        except httpx.TransportError as exc:
+            sent = not isinstance(exc, _NOT_SENT)
+            err = TransportError(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                method=method,
+                path=path,
+                ambiguous=sent and method in _MUTATING,
+                cause=exc,
+            )
+            await self._notify(
+                CallRecord(
+                    operation,
+                    method,
+                    path,
+                    recorded_body,
+                    None,
+                    err.detail,
+                    time.perf_counter() - started,
+                    attempt,
+                    type(err).__name__,
+                )
+            )
+            raise err from exc
+        duration = time.perf_counter() - started
+        if response.is_success:
+            await self._notify(
+                CallRecord(
+                    operation,
+                    method,
+                    path,
+                    recorded_body,
+                    response.status_code,
+                    None,
+                    duration,
+                    attempt,
+                    None,
+                )
+            )
+            return response
+        error = error_for_response(
+            response,
+            method=method,
+            path=path,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+        await self._notify(
+            CallRecord(
+                operation,
+                method,
+                path,
+                recorded_body,
+                response.status_code,
+                error.detail,
+                duration,
+                attempt,
+                type(error).__name__,
+            )
+        )
+        raise error
+
+    async def _request(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        retry: bool | None = None,
+    ) -> httpx.Response:
+        if retry is None:
+            retry = method not in _MUTATING
+        attempts = self.read_retries + 1 if retry else 1
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(attempts),
+            wait=self._wait,
+            retry=retry_if_exception(_is_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(
+                    operation,
+                    method,
+                    path,
+                    params=params,
+                    body=body,
+                    content_type=content_type,
+                    attempt=attempt.retry_state.attempt_number,
+                )
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    def _parse(self, response: httpx.Response, tp: Any) -> Any:
+        try:
+            return _adapter(tp).validate_json(response.content)
+        except ValidationError as exc:
+            raise UnexpectedStatus(
+                response.status_code,
+                f"unexpected response body: {exc.error_count()} validation error(s): "
+                + "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]
+                ),
+                None,
+                method=response.request.method,
+                path=response.request.url.path,
+            ) from exc
+
+    async def _get(self, operation: str, path: str, tp: Any, params: Any = None) -> Any:
+        return self._parse(await self._request(operation, "GET", path, params=params), tp)
+
+    async def _pages(
+        self,
+        operation: str,
+        path: str,
+        item_type: Any,
+        params: Mapping[str, Any] | None = None,
+        *,
+        page_size: int | None = MAX_PAGE_SIZE,
+    ) -> AsyncIterator[list[Any]]:
+        """Yield each page's items until ``totalCount`` items were seen.
+
+        With ``page_size=None`` the first request carries no page parameters: endpoints such as
+        ``listCustomerSubscriptions`` then answer every item with ``page: 0`` (reference §1); a
+        paged answer is followed page by page with the server's ``pageSize``.
+        """
+        base = dict(params or {})
+        page = 1
+        size = page_size
+        seen = 0
+        while True:
+            q = dict(base)
+            if size is not None:
+                q["page"] = page
+                q["pageSize"] = size
+            result: Page[Any] = await self._get(operation, path, Page[item_type], q)
+            yield result.items
+            seen += len(result.items)
+            if result.page == 0 or not result.items or seen >= result.total_count:
+                return
+            page = result.page + 1
+            size = result.page_size or size or MAX_PAGE_SIZE
+
+    async def _all(
+        self,
+        operation: str,
+        path: str,
+        item_type: Any,
+        params: Mapping[str, Any] | None = None,
+        *,
+        page_size: int | None = MAX_PAGE_SIZE,
+    ) -> list[Any]:
+        out: list[Any] = []
+        async for items in self._pages(operation, path, item_type, params, page_size=page_size):
+            out.extend(items)
+        return out
+
+    async def _rest_of(
+        self, operation: str, path: str, item_type: Any, first: Page[Any]
+    ) -> list[Any]:
+        """Items of ``first`` plus those of the pages after it (for a paged first answer)."""
+        items = list(first.items)
+        page, size = first.page, first.page_size or MAX_PAGE_SIZE
+        while page and first.items and len(items) < first.total_count:
+            page += 1
+            nxt: Page[Any] = await self._get(
+                operation, path, Page[item_type], {"page": page, "pageSize": size}
+            )
+            if not nxt.items:
+                break
+            items.extend(nxt.items)
+        return items
+
+    # ----------------------------------------------------------------------------------------
+    # Customers
+
+    async def get_customer(self, customer: str, *, expand_subscriptions: bool = False) -> Customer:
+        params = {"expand": ["subscriptions"]} if expand_subscriptions else None
+        result: Customer = await self._get(
+            "get_customer", f"/api/v1/customers/{customer}", Customer, params
+        )
+        return result
+
+    async def list_customers(
+        self, page: int = 1, page_size: int = 100, expand_subscriptions: bool = False
+    ) -> Page[Customer]:
+        params: dict[str, Any] = {"page": page, "pageSize": page_size}
+        if expand_subscriptions:
+            params["expand"] = ["subscriptions"]
+        result: Page[Customer] = await self._get(
+            "list_customers", "/api/v1/customers", Page[Customer], params
+        )
+        return result
+
+    async def iter_customers(
+        self, page_size: int = MAX_PAGE_SIZE, expand_subscriptions: bool = True
+    ) -> AsyncIterator[Customer]:
+        params = {"expand": ["subscriptions"]} if expand_subscriptions else None
+        async for items in self._pages(
+            "list_customers", "/api/v1/customers", Customer, params, page_size=page_size
+        ):
+            for c in items:
+                yield c
+
+    async def create_customer(self, body: Mapping[str, Any] | BaseModel) -> Customer:
+        resp = await self._request("create_customer", "POST", "/api/v1/customers", body=body)
+        result: Customer = self._parse(resp, Customer)
+        return result
+
+    async def list_customer_subscriptions(
+        self, customer: str, status: str | Sequence[str] | None = None
+    ) -> list[Subscription]:
+        params = {"status": _list_param(status)} if status is not None else None
+        result: list[Subscription] = await self._all(
+            "list_customer_subscriptions",
+            f"/api/v1/customers/{customer}/subscriptions",
+            Subscription,
+            params,
+            page_size=None,
+        )
+        return result
+
+    # ----------------------------------------------------------------------------------------
+    # Subscriptions
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionExpanded:
+        result: SubscriptionExpanded = await self._get(
+            "get_subscription", f"/api/v1/subscriptions/{subscription_id}", SubscriptionExpanded
+        )
+        return result
+
+    async def create_subscription(self, body: Mapping[str, Any] | BaseModel) -> Subscription:
+        resp = await self._request(
+            "create_subscription", "POST", "/api/v1/subscriptions", body=body
+        )
+        result: Subscription = self._parse(resp, Subscription)
+        return result
+
+    async def edit_subscription(
+        self,
+        subscription_id: str,
+        customizations: Sequence[Mapping[str, Any]],
+        timing: str | Enum | None = "immediate",
+    ) -> Subscription:
+        """PATCH the subscription in place (``SubscriptionEdit``); ``timing`` is ``immediate``
+        or ``next_billing_cycle`` (OpenMeter refuses custom times for edits)."""
+        body: dict[str, Any] = {"customizations": list(customizations)}
+        if timing is not None:
+            body["timing"] = _timing(timing)
+        resp = await self._request(
+            "edit_subscription", "PATCH", f"/api/v1/subscriptions/{subscription_id}", body=body
+        )
+        result: Subscription = self._parse(resp, Subscription)
+        return result
+
+    async def change_subscription(
+        self, subscription_id: str, body: Mapping[str, Any] | BaseModel
+    ) -> SubscriptionChangeResponse:
+        resp = await self._request(
+            "change_subscription",
+            "POST",
+            f"/api/v1/subscriptions/{subscription_id}/change",
+            body=body,
+        )
+        result: SubscriptionChangeResponse = self._parse(resp, SubscriptionChangeResponse)
+        return result
+
+    async def cancel_subscription(
+        self, subscription_id: str, timing: str | datetime | Enum | None = None
+    ) -> Subscription:
+        """Cancel. The body is required by OpenMeter: ``{}`` means immediately."""
+        body: dict[str, Any] = {} if timing is None else {"timing": _timing(timing)}
+        resp = await self._request(
+            "cancel_subscription",
+            "POST",
+            f"/api/v1/subscriptions/{subscription_id}/cancel",
+            body=body,
+        )
+        result: Subscription = self._parse(resp, Subscription)
+        return result
+
+    async def unschedule_cancelation(self, subscription_id: str) -> Subscription:
+        resp = await self._request(
+            "unschedule_cancelation",
+            "POST",
+            f"/api/v1/subscriptions/{subscription_id}/unschedule-cancelation",
+        )
+        result: Subscription = self._parse(resp, Subscription)
+        return result
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        await self._request(
+            "delete_subscription", "DELETE", f"/api/v1/subscriptions/{subscription_id}"
+        )
+
+    async def migrate_subscription(
+        self, subscription_id: str, body: Mapping[str, Any] | BaseModel
+    ) -> SubscriptionChangeResponse:
+        resp = await self._request(
+            "migrate_subscription",
+            "POST",
+            f"/api/v1/subscriptions/{subscription_id}/migrate",
+            body=body,
+        )
+        result: SubscriptionChangeResponse = self._parse(resp, SubscriptionChangeResponse)
+        return result
+
+    # ----------------------------------------------------------------------------------------
+    # Plans
+
+    async def list_plans(
+        self,
+        key: str | Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        *,
+        key_version: Mapping[str, int | Sequence[int]] | None = None,
+    ) -> list[PlanModel]:
+        params: dict[str, Any] = {}
+        if key is not None:
+            params["key"] = _list_param(key)
+        if status is not None:
+            params["status"] = _list_param(status)
+        for k, versions in (key_version or {}).items():
+            vs = [versions] if isinstance(versions, int) else list(versions)
+            params[f"keyVersion[{k}]"] = [str(v) for v in vs]
+        result: list[PlanModel] = await self._all("list_plans", "/api/v1/plans", PlanModel, params)
+        return result
+
+    async def get_plan(self, id_or_key: str, include_latest: bool = False) -> PlanModel:
+        """By ULID: that exact version. By key: the active version (``include_latest``: the
+        highest version, drafts included)."""
+        params = {"includeLatest": "true"} if include_latest else None
+        result: PlanModel = await self._get(
+            "get_plan", f"/api/v1/plans/{id_or_key}", PlanModel, params
+        )
+        return result
+
+    async def get_plan_version(self, key: str, version: int) -> PlanModel:
+        """``key@version`` whatever its status, via ``keyVersion[key]=version``."""
+        plans = await self.list_plans(key_version={key: version})
+        for p in plans:
+            if p.key == key and p.version == version:
+                return p
+        raise NotFound(
+            404,
+            f"plan {key}@v{version} not found",
+            None,
+            method="GET",
+            path="/api/v1/plans",
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Entitlements
+
+    async def get_entitlement_value(self, customer: str, feature_key: str) -> EntitlementValueModel:
+        result: EntitlementValueModel = await self._get(
+            "get_entitlement_value",
+            f"/api/v1/customers/{customer}/entitlements/{feature_key}/value",
+            EntitlementValueModel,
+        )
+        return result
+
+    async def get_entitlement_value_v2(
+        self, customer: str, id_or_feature_key: str
+    ) -> EntitlementValueModel:
+        result: EntitlementValueModel = await self._get(
+            "get_entitlement_value_v2",
+            f"/api/v2/customers/{customer}/entitlements/{id_or_feature_key}/value",
+            EntitlementValueModel,
+        )
+        return result
+
+    async def list_customer_entitlements_v2(self, customer: str) -> list[EntitlementV2]:
+        """Entitlements active now (beta.227 lists only those), all pages."""
+        result: list[EntitlementV2] = await self._all(
+            "list_customer_entitlements_v2",
+            f"/api/v2/customers/{customer}/entitlements",
+            EntitlementV2,
+        )
+        return result
+
+    # ----------------------------------------------------------------------------------------
+    # Events, features, meters
+
+    async def ingest_events(
+        self, events: Sequence[CloudEvent | Mapping[str, Any]], *, retry: bool = True
+    ) -> None:
+        """Ingest a CloudEvents batch. Retried like a read unless ``retry=False`` (see module
+        docstring): give every event a stable ``id`` so a retried batch is deduplicated."""
+        if not events:
+            return
+        batch = [
+            e.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if isinstance(e, BaseModel)
+            else dict(e)
+            for e in events
+        ]
+        await self._request(
+            "ingest_events",
+            "POST",
+            "/api/v1/events",
+            body=batch,
+            content_type=CLOUDEVENTS_BATCH,
+            retry=retry,
+        )
+
+    async def list_features(self) -> list[Feature]:
+        """All features (OpenMeter answers a plain array when no page parameters are sent)."""
+        resp = await self._request("list_features", "GET", "/api/v1/features")
+        result: list[Feature] | Page[Feature] = self._parse(resp, list[Feature] | Page[Feature])
+        if isinstance(result, Page):
+            return await self._rest_of("list_features", "/api/v1/features", Feature, result)
+        return result
+
+    async def get_feature(self, id_or_key: str) -> Feature:
+        result: Feature = await self._get("get_feature", f"/api/v1/features/{id_or_key}", Feature)
+        return result
+
+    async def list_meters(self) -> list[Meter]:
+        resp = await self._request("list_meters", "GET", "/api/v1/meters")
+        result: list[Meter] | Page[Meter] = self._parse(resp, list[Meter] | Page[Meter])
+        if isinstance(result, Page):
+            return await self._rest_of("list_meters", "/api/v1/meters", Meter, result)
+        return result
+
+    async def query_meter(
+        self,
+        slug: str,
+        from_: datetime | None,
+        to: datetime | None,
+        window_size: str | None = None,
+        filter_customer_id: str | Sequence[str] | None = None,
+    ) -> MeterQueryResult:
+        params: dict[str, Any] = {}
+        if from_ is not None:
+            params["from"] = format_time(from_)
+        if to is not None:
+            params["to"] = format_time(to)
+        if window_size is not None:
+            params["windowSize"] = window_size
+        if filter_customer_id is not None:
+            params["filterCustomerId"] = _list_param(filter_customer_id)
+        result: MeterQueryResult = await self._get(
+            "query_meter", f"/api/v1/meters/{slug}/query", MeterQueryResult, params
+        )
+        return result

@@ -1,0 +1,243 @@
+"""Wire models (``reconciler.openmeter.models``) → domain types (``reconciler.domain.model``).
+
+The interesting part is identity: a plan's rate card and the subscription item OpenMeter creates
+from it must get the same :func:`reconciler.domain.model.item_fingerprint`. A subscription item
+does not expose the rate card's entitlement template, only the materialised entitlement
+(``included.entitlement``, the v1 ``Entitlement`` shape), so the template is reconstructed from
+it, and the rate-card side fills in the defaults OpenMeter applies when it materialises a
+template:
+
+* ``usagePeriod`` of a metered template defaults to the rate card's ``billingCadence``
+  (beta.227 ``openmeter/productcatalog/http/mapping.go`` ``AsEntitlementTemplate``);
+* the entitlement shows its period as ``usagePeriod.intervalISO`` (or, on older shapes, only
+  ``interval`` = ``DAY|WEEK|MONTH|YEAR``, or the ISO string itself —
+  ``openmeter/entitlement/driver/parser.go`` ``MapRecurrenceToAPI``);
+* ``isSoftLimit`` / ``preserveOverageAtReset`` absent mean ``false``; metadata absent means empty;
+* a static entitlement's ``config`` is a JSON document in a string, compared canonically.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler.domain.model import (
+    EntitlementTemplate,
+    EntitlementValue,
+    ObservedEntitlement,
+    ObservedItem,
+    ObservedPhase,
+    ObservedSubscription,
+    Plan,
+    PlanPhase,
+    PlanRef,
+    RateCard,
+    SubscriptionStatus,
+    canonical_json,
+)
+from reconciler.openmeter.models import (
+    EntitlementBase,
+    EntitlementMetered,
+    EntitlementStatic,
+    EntitlementValueModel,
+    MeteredEntitlementTemplate,
+    PlanModel,
+    RateCardBase,
+    StaticEntitlementTemplate,
+    SubscriptionExpanded,
+    SubscriptionItem,
+    SubscriptionPhaseExpanded,
+    WireModel,
+)
+
+_INTERVALS = {"DAY": "P1D", "WEEK": "P1W", "MONTH": "P1M", "YEAR": "P1Y"}
+# Keys OpenMeter requires on a rate card even when null (api/openapi.yaml RateCardFlatFee /
+# RateCardUsageBased ``required``), kept in ``raw`` so it can be sent back in ``add_item``.
+_RATE_CARD_REQUIRED_NULLABLE = ("billingCadence", "price")
+
+
+def _json(model: WireModel | None) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _config_norm(config: str | None) -> str | None:
+    if config is None:
+        return None
+    try:
+        return canonical_json(json.loads(config))
+    except ValueError:
+        return config
+
+
+def usage_period_iso(interval: str | None, interval_iso: str | None = None) -> str | None:
+    """ISO 8601 duration of an entitlement's ``usagePeriod``."""
+    if interval_iso:
+        return interval_iso
+    if interval is None:
+        return None
+    return _INTERVALS.get(interval.upper(), interval)
+
+
+def rate_card_raw(card: RateCardBase) -> dict[str, Any]:
+    """The rate card's JSON as OpenMeter sent it (by alias, only the keys it sent)."""
+    raw = card.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    for k in _RATE_CARD_REQUIRED_NULLABLE:
+        raw.setdefault(k, None)
+    return raw
+
+
+def to_entitlement_template(card: RateCardBase) -> EntitlementTemplate | None:
+    tpl = card.entitlement_template
+    if tpl is None:
+        return None
+    metadata = dict(tpl.metadata or {})
+    if isinstance(tpl, MeteredEntitlementTemplate):
+        return EntitlementTemplate(
+            type="metered",
+            issue_after_reset=tpl.issue_after_reset,
+            usage_period=tpl.usage_period or card.billing_cadence,
+            is_soft_limit=bool(tpl.is_soft_limit),
+            preserve_overage_at_reset=bool(tpl.preserve_overage_at_reset),
+            issue_after_reset_priority=tpl.issue_after_reset_priority,
+            metadata=metadata,
+        )
+    if isinstance(tpl, StaticEntitlementTemplate):
+        return EntitlementTemplate(
+            type="static", config=_config_norm(tpl.config), metadata=metadata
+        )
+    return EntitlementTemplate(type=tpl.type, metadata=metadata)
+
+
+def to_rate_card(card: RateCardBase) -> RateCard:
+    raw = rate_card_raw(card)
+    return RateCard(
+        key=card.key,
+        type=card.type,
+        name=card.name,
+        feature_key=card.feature_key,
+        billing_cadence=card.billing_cadence,
+        price=raw.get("price"),
+        entitlement=to_entitlement_template(card),
+        raw=raw,
+    )
+
+
+def to_plan(plan: PlanModel) -> Plan:
+    return Plan(
+        id=plan.id,
+        key=plan.key,
+        version=plan.version,
+        name=plan.name,
+        currency=plan.currency,
+        billing_cadence=plan.billing_cadence,
+        pro_rating_enabled=plan.pro_rating_config.enabled if plan.pro_rating_config else True,
+        phases=tuple(
+            PlanPhase(
+                key=ph.key,
+                name=ph.name,
+                duration=ph.duration,
+                rate_cards=tuple(to_rate_card(c) for c in ph.rate_cards),
+            )
+            for ph in plan.phases
+        ),
+        status=plan.status or "active",
+    )
+
+
+def entitlement_template_of(ent: EntitlementBase) -> EntitlementTemplate:
+    """The entitlement template an observed entitlement was materialised from."""
+    metadata = dict(ent.metadata or {})
+    if isinstance(ent, EntitlementMetered):
+        up = ent.usage_period
+        return EntitlementTemplate(
+            type="metered",
+            issue_after_reset=ent.issue_after_reset,
+            usage_period=usage_period_iso(up.interval, up.interval_iso) if up else None,
+            is_soft_limit=bool(ent.is_soft_limit),
+            preserve_overage_at_reset=bool(ent.preserve_overage_at_reset),
+            issue_after_reset_priority=ent.issue_after_reset_priority,
+            metadata=metadata,
+        )
+    if isinstance(ent, EntitlementStatic):
+        return EntitlementTemplate(
+            type="static", config=_config_norm(ent.config), metadata=metadata
+        )
+    return EntitlementTemplate(type=ent.type, metadata=metadata)
+
+
+def to_observed_item(item: SubscriptionItem) -> ObservedItem:
+    entitlement: ObservedEntitlement | None = None
+    ent = item.included.entitlement if item.included else None
+    if ent is not None:
+        measure_from = ent.measure_usage_from if isinstance(ent, EntitlementMetered) else None
+        cur = ent.current_usage_period
+        entitlement = ObservedEntitlement(
+            id=ent.id,
+            feature_key=ent.feature_key,
+            type=ent.type,
+            template=entitlement_template_of(ent),
+            active_from=ent.active_from or item.active_from,
+            active_to=ent.active_to,
+            measure_usage_from=measure_from,
+            usage_period_anchor=ent.usage_period.anchor if ent.usage_period else None,
+            current_usage_period=(cur.from_, cur.to) if cur else None,
+        )
+    return ObservedItem(
+        id=item.id,
+        key=item.key,
+        name=item.name,
+        feature_key=item.feature_key,
+        billing_cadence=item.billing_cadence,
+        price=_json(item.price),
+        discounts=item.discounts,
+        entitlement=entitlement,
+        active_from=item.active_from,
+        active_to=item.active_to,
+    )
+
+
+def to_observed_phase(phase: SubscriptionPhaseExpanded) -> ObservedPhase:
+    return ObservedPhase(
+        key=phase.key,
+        name=phase.name,
+        active_from=phase.active_from,
+        active_to=phase.active_to,
+        items=tuple(to_observed_item(i) for i in phase.items),
+        timelines={
+            k: tuple(to_observed_item(i) for i in versions)
+            for k, versions in phase.item_timelines.items()
+        },
+    )
+
+
+def to_observed_subscription(sub: SubscriptionExpanded) -> ObservedSubscription:
+    period = sub.alignment.current_aligned_billing_period if sub.alignment else None
+    return ObservedSubscription(
+        id=sub.id,
+        customer_id=sub.customer_id,
+        status=SubscriptionStatus(sub.status),
+        plan=PlanRef(sub.plan.key, sub.plan.version, sub.plan.id) if sub.plan else None,
+        name=sub.name,
+        currency=sub.currency,
+        billing_cadence=sub.billing_cadence,
+        billing_anchor=sub.billing_anchor,
+        active_from=sub.active_from,
+        active_to=sub.active_to,
+        pro_rating_enabled=sub.pro_rating_config.enabled if sub.pro_rating_config else True,
+        phases=tuple(to_observed_phase(p) for p in sub.phases),
+        current_period=(period.from_, period.to) if period else None,
+        annotations=dict(sub.annotations or {}),
+        metadata=dict(sub.metadata or {}),
+    )
+
+
+def to_entitlement_value(value: EntitlementValueModel) -> EntitlementValue:
+    return EntitlementValue(
+        has_access=value.has_access,
+        balance=value.balance,
+        usage=value.usage,
+        overage=value.overage,
+        total_available_grant_amount=value.total_available_grant_amount,
+    )
