@@ -1,0 +1,1346 @@
+"""The repository: every SQL statement of the product lives here.
+
+One ``Store`` per process. SQLite (aiosqlite, WAL) for a single instance, PostgreSQL (psycopg 3
+async) for replicas. See docs/STORE.md for the design (claims, leadership, outbox, migrations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, Connection, Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from reconciler.domain.model import Direction, Timing
+from reconciler.store.errors import (
+    ChangeNotFoundError,
+    EventNotFoundError,
+    InvalidCursorError,
+    InvalidTransitionError,
+    StaleChangeError,
+    StoreError,
+    StoreLockedError,
+    StoreUnavailable,
+)
+from reconciler.store.ids import new_event_id, new_ulid
+from reconciler.store.schema import audit_log, change_requests, customers, outbox_events
+from reconciler.store.types import (
+    OPEN_STATUSES,
+    AuditEntry,
+    AuditKind,
+    ChangeRecord,
+    ChangeSource,
+    ChangeStatus,
+    CustomerRecord,
+    EventStatus,
+    NewEvent,
+    OutboxEvent,
+    SubmitResult,
+)
+from reconciler.store.urls import is_sqlite, normalize_url, sqlite_path
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = "reconciler.store.migrate"
+
+#: Fields of a change request that ``update_change`` may set.
+UPDATABLE_CHANGE_FIELDS = frozenset(
+    {
+        "customer_id",
+        "plan_version",
+        "status",
+        "direction",
+        "timing",
+        "rule",
+        "effective_at",
+        "converges_at",
+        "last_error",
+        "attempts",
+        "next_attempt_at",
+        "details",
+    }
+)
+
+# Claims held by the current task (and the tasks it spawns), so that writes to a claimed
+# customer's row from inside the claim go through the claim's connection instead of waiting on
+# the claim's own row lock (a self-deadlock).
+_HELD_CLAIMS: ContextVar[Mapping[tuple[int, str], Claim] | None] = ContextVar(
+    "reconciler_store_claims", default=None
+)
+
+
+def _push_claim(store: Store, claim: Claim) -> Token[Mapping[tuple[int, str], Claim] | None]:
+    held = dict(_HELD_CLAIMS.get() or {})
+    held[(id(store), claim.customer)] = claim
+    return _HELD_CLAIMS.set(held)
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock`` (Python's ``hash`` is randomised)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# row mapping
+
+
+def _change(row: Row[Any]) -> ChangeRecord:
+    m = row._mapping
+    return ChangeRecord(
+        id=m["id"],
+        customer=m["customer"],
+        customer_id=m["customer_id"],
+        plan_key=m["plan_key"],
+        plan_version=m["plan_version"],
+        requested_at=m["requested_at"],
+        received_at=m["received_at"],
+        source=ChangeSource(m["source"]),
+        source_id=m["source_id"],
+        status=ChangeStatus(m["status"]),
+        direction=Direction(m["direction"]) if m["direction"] else None,
+        timing=Timing(m["timing"]) if m["timing"] else None,
+        rule=m["rule"],
+        effective_at=m["effective_at"],
+        converges_at=m["converges_at"],
+        last_error=m["last_error"],
+        attempts=m["attempts"],
+        next_attempt_at=m["next_attempt_at"],
+        updated_at=m["updated_at"],
+        details=m["details"] or {},
+    )
+
+
+def _customer(row: Row[Any]) -> CustomerRecord:
+    m = row._mapping
+    return CustomerRecord(
+        customer=m["customer"],
+        customer_id=m["customer_id"],
+        desired_change_id=m["desired_change_id"],
+        next_check_at=m["next_check_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+def _event(row: Row[Any]) -> OutboxEvent:
+    m = row._mapping
+    return OutboxEvent(
+        id=m["id"],
+        type=m["type"],
+        customer=m["customer"],
+        change_id=m["change_id"],
+        payload=m["payload"],
+        status=EventStatus(m["status"]),
+        attempts=m["attempts"],
+        next_attempt_at=m["next_attempt_at"],
+        last_error=m["last_error"],
+        created_at=m["created_at"],
+        delivered_at=m["delivered_at"],
+    )
+
+
+def _audit(row: Row[Any]) -> AuditEntry:
+    m = row._mapping
+    return AuditEntry(
+        id=m["id"],
+        at=m["at"],
+        customer=m["customer"],
+        change_id=m["change_id"],
+        kind=AuditKind(m["kind"]),
+        operation=m["operation"],
+        method=m["method"],
+        path=m["path"],
+        request_body=m["request_body"],
+        status=m["status"],
+        detail=m["detail"],
+        data=m["data"],
+    )
+
+
+def _encode_cursor(kind: str, at: datetime, ident: str) -> str:
+    raw = json.dumps([kind, at.astimezone(UTC).isoformat(), ident], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        got_kind, at, ident = json.loads(base64.urlsafe_b64decode(padded))
+        if got_kind != kind or not isinstance(ident, str):
+            raise ValueError(kind)
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError(at)
+        return when, ident
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise InvalidCursorError(f"invalid cursor for {kind}") from e
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+    return value.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# fault classification
+
+
+def _is_transient(err: BaseException, sqlite: bool) -> bool:
+    if isinstance(err, exc.DBAPIError):
+        if err.connection_invalidated:
+            return True
+        if sqlite:
+            msg = str(err.orig).lower()
+            return isinstance(err, exc.OperationalError) and ("locked" in msg or "busy" in msg)
+        # psycopg.OperationalError: connection refused/lost, server shutting down, ...
+        return isinstance(err, exc.OperationalError | exc.InterfaceError)
+    return isinstance(err, ConnectionError | TimeoutError | OSError)
+
+
+# ---------------------------------------------------------------------------------------------
+# claims and leadership
+
+
+class Claim:
+    """This worker's exclusive right to reconcile one customer, for the ``async with`` block.
+
+    The customer row as it was when claimed is available as attributes. Writes to the customer's
+    row made while the claim is held should go through the claim (``reschedule``,
+    ``set_customer_id``); ``Store.schedule_customer`` and ``Store.submit_change`` called from
+    inside the block are routed through it automatically.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        row: CustomerRecord,
+        version: int,
+        conn: AsyncConnection | None,
+    ) -> None:
+        self._store = store
+        self._conn = conn  # PostgreSQL: the connection holding the row lock
+        self._lock = asyncio.Lock()
+        self._version = version
+        self.customer = row.customer
+        self.customer_id = row.customer_id
+        self.desired_change_id = row.desired_change_id
+        self.next_check_at = row.next_check_at
+
+    async def reschedule(self, at: datetime | None) -> None:
+        """Set when the worker should look at this customer next (None: nothing due).
+
+        A request submitted while the claim was held (only possible on SQLite, where the claim
+        is not a row lock) is not lost: the earlier of the two times wins then.
+        """
+        at_utc = _aware(at, "at") if at is not None else None
+        now = self._store._clock()
+
+        async def op(conn: AsyncConnection) -> None:
+            row = (
+                await conn.execute(
+                    sa.select(customers.c.version, customers.c.next_check_at).where(
+                        customers.c.customer == self.customer
+                    )
+                )
+            ).first()
+            if row is None:
+                return
+            target = at_utc
+            if row.version != self._version and row.next_check_at is not None:
+                target = row.next_check_at if at_utc is None else min(at_utc, row.next_check_at)
+            await conn.execute(
+                customers.update()
+                .where(customers.c.customer == self.customer)
+                .values(next_check_at=target, updated_at=now)
+            )
+            self.next_check_at = target
+
+        await self._run(op)
+
+    async def set_customer_id(self, customer_id: str) -> None:
+        """Remember the resolved OpenMeter id of this customer."""
+        now = self._store._clock()
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                customers.update()
+                .where(customers.c.customer == self.customer)
+                .values(customer_id=customer_id, updated_at=now)
+            )
+            self.customer_id = customer_id
+
+        await self._run(op)
+
+    async def _run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        if self._conn is None:
+            return await self._store._tx(fn, write=True)
+        async with self._lock:
+            try:
+                async with self._conn.begin_nested():
+                    return await fn(self._conn)
+            except exc.DBAPIError as e:
+                if _is_transient(e, False):
+                    raise StoreUnavailable(f"claim connection lost: {e.orig}") from e
+                raise
+
+
+class Leadership:
+    """Handle of ``Store.leader(name)``. ``held`` is true while this process is the leader."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self._store = store
+        self.name = name
+        self._key = advisory_key("leader:" + name)
+        self._conn: AsyncConnection | None = None
+        self._held = store._sqlite  # SQLite: single instance, always the leader
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    async def check(self) -> bool:
+        """Re-validate leadership (connection still alive) or retry acquiring it."""
+        if self._store._sqlite:
+            return True
+        if self._held and self._conn is not None:
+            try:
+                await self._conn.execute(sa.text("SELECT 1"))
+                await self._conn.commit()
+                return True
+            except (exc.DBAPIError, OSError):
+                await self._drop()
+        return await self._try_acquire()
+
+    async def _try_acquire(self) -> bool:
+        try:
+            if self._conn is None:
+                self._conn = await self._store._engine.connect()
+            got = (
+                await self._conn.execute(sa.select(sa.func.pg_try_advisory_lock(self._key)))
+            ).scalar_one()
+            await self._conn.commit()  # session-level lock: survives the transaction
+        except (exc.DBAPIError, OSError):
+            await self._drop()
+            return False
+        self._held = bool(got)
+        return self._held
+
+    async def _drop(self) -> None:
+        self._held = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Closing the DBAPI connection (not returning it to the pool) ends the session, and
+            # with it any session-level advisory lock it holds.
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _release(self) -> None:
+        if self._store._sqlite:
+            return
+        if self._conn is not None and self._held:
+            with contextlib.suppress(Exception):
+                await self._conn.execute(sa.select(sa.func.pg_advisory_unlock(self._key)))
+                await self._conn.commit()
+        await self._drop()
+
+
+# ---------------------------------------------------------------------------------------------
+# the store
+
+
+class Store:
+    """Async repository over SQLite or PostgreSQL. Create with ``await Store.open(url, ...)``."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        url: URL,
+        *,
+        instance_id: str,
+        clock: Callable[[], datetime],
+        retries: int,
+        lock_fd: int | None,
+    ) -> None:
+        self._engine = engine
+        self.url = url
+        self.instance_id = instance_id
+        self._clock = clock
+        self._retries = retries
+        self._lock_fd = lock_fd
+        self._sqlite = is_sqlite(url)
+        self._write_lock = asyncio.Lock()  # SQLite: one writer at a time (whole process)
+        self._sqlite_claims: set[str] = set()
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | URL,
+        *,
+        instance_id: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        retries: int = 3,
+        busy_timeout_ms: int = 5000,
+    ) -> Store:
+        """Open (not migrate) the database. SQLite files are locked against a second process."""
+        u = normalize_url(url)
+        instance = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        lock_fd: int | None = None
+        if is_sqlite(u):
+            path = sqlite_path(u)
+            if path is None:
+                engine = create_async_engine(
+                    u.set(database=":memory:"),
+                    poolclass=StaticPool,
+                    connect_args={"check_same_thread": False},
+                )
+            else:
+                lock_fd = _lock_sqlite_file(path, instance)
+                engine = create_async_engine(u, pool_size=pool_size, max_overflow=max_overflow)
+            _configure_sqlite(engine, wal=path is not None, busy_timeout_ms=busy_timeout_ms)
+        else:
+            engine = create_async_engine(
+                u, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow
+            )
+        return cls(
+            engine,
+            u,
+            instance_id=instance,
+            clock=clock or _utcnow,
+            retries=retries,
+            lock_fd=lock_fd,
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._engine.dispose()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self._sqlite else "postgresql"
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query (for readiness probes)."""
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            return True
+        except (exc.DBAPIError, OSError):
+            return False
+
+    # -- migrations ---------------------------------------------------------------------------
+
+    def _alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return cfg
+
+    async def migrate(self) -> None:
+        """``alembic upgrade head``. On PostgreSQL an advisory lock serialises replicas."""
+        cfg = self._alembic_config()
+
+        def upgrade(sync_conn: Connection) -> None:
+            cfg.attributes["connection"] = sync_conn
+            command.upgrade(cfg, "head")
+
+        try:
+            async with self._engine.connect() as conn:
+                if self._sqlite:
+                    async with self._write_lock:
+                        await conn.run_sync(upgrade)
+                        await conn.commit()
+                    return
+                key = advisory_key(_MIGRATION_LOCK)
+                await conn.execute(sa.select(sa.func.pg_advisory_lock(key)))
+                await conn.commit()
+                try:
+                    await conn.run_sync(upgrade)
+                    await conn.commit()
+                finally:
+                    await conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    await conn.commit()
+        except exc.DBAPIError as e:
+            if _is_transient(e, self._sqlite):
+                raise StoreUnavailable(f"migration failed: database unavailable: {e.orig}") from e
+            raise
+
+    async def is_migrated(self) -> bool:
+        """True when the database is at the newest revision shipped with this code."""
+        heads = set(ScriptDirectory.from_config(self._alembic_config()).get_heads())
+
+        def current(sync_conn: Connection) -> set[str]:
+            return set(MigrationContext.configure(sync_conn).get_current_heads())
+
+        async def op(conn: AsyncConnection) -> set[str]:
+            return await conn.run_sync(current)
+
+        return await self._tx(op, write=False) == heads
+
+    # -- transactions -------------------------------------------------------------------------
+
+    async def _tx(
+        self,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        write: bool,
+        idempotent: bool = False,
+    ) -> T:
+        """Run ``fn`` in one transaction, retrying transient faults a bounded number of times.
+
+        A fault while committing a write is only retried when ``idempotent``; otherwise it is
+        reported as an ambiguous ``StoreUnavailable``.
+        """
+        if self._closed:
+            raise StoreError("store is closed")
+        delay = 0.05
+        for attempt in range(self._retries + 1):
+            committing = False
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    if self._sqlite and write:
+                        await stack.enter_async_context(self._write_lock)
+                    conn = await stack.enter_async_context(self._engine.connect())
+                    if self._sqlite and write:
+                        conn.info["begin"] = "BEGIN IMMEDIATE"
+                        stack.callback(conn.info.pop, "begin", None)
+                    async with conn.begin():
+                        result = await fn(conn)
+                        committing = True
+                    return result
+            except exc.DBAPIError as e:
+                if not _is_transient(e, self._sqlite):
+                    raise
+                err: BaseException = e
+            except (ConnectionError, TimeoutError) as e:
+                err = e
+            if committing and write and not idempotent:
+                raise StoreUnavailable(
+                    f"database fault while committing (outcome unknown): {err}", ambiguous=True
+                ) from err
+            if attempt == self._retries:
+                raise StoreUnavailable(f"database unavailable: {err}") from err
+            await asyncio.sleep(delay)
+            delay = min(delay * 4, 1.0)
+        raise AssertionError("unreachable")
+
+    def _insert(self, table: sa.Table) -> Any:
+        return (sqlite_dialect.insert if self._sqlite else pg_dialect.insert)(table)
+
+    def _held_claim(self, customer: str) -> Claim | None:
+        return (_HELD_CLAIMS.get() or {}).get((id(self), customer))
+
+    async def _ensure_customer(self, conn: AsyncConnection, customer: str, now: datetime) -> None:
+        await conn.execute(
+            self._insert(customers)
+            .values(customer=customer, updated_at=now, version=0)
+            .on_conflict_do_nothing(index_elements=["customer"])
+        )
+
+    # -- change requests ----------------------------------------------------------------------
+
+    async def submit_change(
+        self,
+        customer: str,
+        plan_key: str,
+        plan_version: int | None,
+        requested_at: datetime,
+        source: ChangeSource | str,
+        source_id: str | None,
+        now: datetime,
+        events: Sequence[NewEvent] = (),
+        *,
+        customer_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> SubmitResult:
+        """Record a change request and make it the desired state if it is the latest.
+
+        One transaction: idempotent on (source, source_id); a request older (by
+        ``requested_at``) than the customer's desired one is stored as superseded; otherwise the
+        customer's other open requests are superseded, the customer's desired pointer moves to
+        the new request and the customer is due now. ``events`` are enqueued in the same
+        transaction (for a repeated request nothing is written).
+        """
+        src = ChangeSource(source)
+        requested = _aware(requested_at, "requested_at")
+        now = _aware(now, "now")
+
+        async def op(conn: AsyncConnection) -> SubmitResult:
+            if source_id is not None:
+                existing = await self._by_source(conn, src, source_id)
+                if existing is not None:
+                    return SubmitResult(existing, created=False)
+            await self._ensure_customer(conn, customer, now)
+            cust_q = sa.select(customers).where(customers.c.customer == customer)
+            if not self._sqlite:
+                # Serialise submits for one customer (row lock, held to commit).
+                cust_q = cust_q.with_for_update()
+            cust = (await conn.execute(cust_q)).one()
+            if source_id is not None:  # a concurrent twin may have committed while we waited
+                existing = await self._by_source(conn, src, source_id)
+                if existing is not None:
+                    return SubmitResult(existing, created=False)
+            current: ChangeRecord | None = None
+            if cust.desired_change_id is not None:
+                current = await self._get_change(conn, cust.desired_change_id)
+            stale = current is not None and requested < current.requested_at
+            change_id = new_ulid()
+            await conn.execute(
+                change_requests.insert().values(
+                    id=change_id,
+                    customer=customer,
+                    customer_id=customer_id or cust.customer_id,
+                    plan_key=plan_key,
+                    plan_version=plan_version,
+                    requested_at=requested,
+                    received_at=now,
+                    source=src.value,
+                    source_id=source_id,
+                    status=(ChangeStatus.SUPERSEDED if stale else ChangeStatus.PENDING).value,
+                    attempts=0,
+                    updated_at=now,
+                    details=dict(details or {}),
+                )
+            )
+            superseded: tuple[str, ...] = ()
+            if not stale:
+                ids = (
+                    await conn.execute(
+                        sa.select(change_requests.c.id).where(
+                            change_requests.c.customer == customer,
+                            change_requests.c.status.in_([s.value for s in OPEN_STATUSES]),
+                            change_requests.c.id != change_id,
+                        )
+                    )
+                ).scalars()
+                superseded = tuple(sorted(ids))
+                if superseded:
+                    await conn.execute(
+                        change_requests.update()
+                        .where(change_requests.c.id.in_(superseded))
+                        .values(status=ChangeStatus.SUPERSEDED.value, updated_at=now)
+                    )
+                await conn.execute(
+                    customers.update()
+                    .where(customers.c.customer == customer)
+                    .values(
+                        desired_change_id=change_id,
+                        next_check_at=now,
+                        customer_id=customer_id or cust.customer_id,
+                        version=customers.c.version + 1,
+                        updated_at=now,
+                    )
+                )
+            elif customer_id and not cust.customer_id:
+                await conn.execute(
+                    customers.update()
+                    .where(customers.c.customer == customer)
+                    .values(customer_id=customer_id, updated_at=now)
+                )
+            await self._write_events(conn, events, customer, change_id, now)
+            record = await self._get_change(conn, change_id)
+            assert record is not None
+            return SubmitResult(record, created=True, superseded_ids=superseded)
+
+        claim = self._held_claim(customer)
+        if claim is not None:
+            return await claim._run(op)
+        for attempt in range(3):
+            try:
+                return await self._tx(op, write=True)
+            except exc.IntegrityError:
+                # Two replicas inserted the same (source, source_id) or the same new customer at
+                # once: the retry sees the winner's row.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _by_source(
+        self, conn: AsyncConnection, source: ChangeSource, source_id: str
+    ) -> ChangeRecord | None:
+        row = (
+            await conn.execute(
+                sa.select(change_requests).where(
+                    change_requests.c.source == source.value,
+                    change_requests.c.source_id == source_id,
+                )
+            )
+        ).first()
+        return _change(row) if row is not None else None
+
+    async def _get_change(self, conn: AsyncConnection, change_id: str) -> ChangeRecord | None:
+        row = (
+            await conn.execute(sa.select(change_requests).where(change_requests.c.id == change_id))
+        ).first()
+        return _change(row) if row is not None else None
+
+    async def get_change(self, change_id: str) -> ChangeRecord | None:
+        async def op(conn: AsyncConnection) -> ChangeRecord | None:
+            return await self._get_change(conn, change_id)
+
+        return await self._tx(op, write=False)
+
+    async def get_customer(self, customer: str) -> CustomerRecord | None:
+        async def op(conn: AsyncConnection) -> CustomerRecord | None:
+            row = (
+                await conn.execute(sa.select(customers).where(customers.c.customer == customer))
+            ).first()
+            return _customer(row) if row is not None else None
+
+        return await self._tx(op, write=False)
+
+    async def desired_for(self, customer: str) -> ChangeRecord | None:
+        """The customer's desired request (the latest by requested_at), whatever its status."""
+
+        async def op(conn: AsyncConnection) -> ChangeRecord | None:
+            row = (
+                await conn.execute(
+                    sa.select(change_requests)
+                    .join(customers, customers.c.desired_change_id == change_requests.c.id)
+                    .where(customers.c.customer == customer)
+                )
+            ).first()
+            return _change(row) if row is not None else None
+
+        return await self._tx(op, write=False)
+
+    async def list_changes(
+        self,
+        status: ChangeStatus | str | None = None,
+        customer: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[ChangeRecord], str | None]:
+        """Newest first (by received_at, then id). ``next_cursor`` is None on the last page."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        c = change_requests.c
+        q = sa.select(change_requests)
+        if status is not None:
+            q = q.where(c.status == ChangeStatus(status).value)
+        if customer is not None:
+            q = q.where(c.customer == customer)
+        if cursor is not None:
+            at, ident = _decode_cursor("changes", cursor)
+            q = q.where(sa.or_(c.received_at < at, sa.and_(c.received_at == at, c.id < ident)))
+        q = q.order_by(c.received_at.desc(), c.id.desc()).limit(limit + 1)
+
+        async def op(conn: AsyncConnection) -> list[ChangeRecord]:
+            return [_change(r) for r in (await conn.execute(q)).all()]
+
+        rows = await self._tx(op, write=False)
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            return rows[:limit], _encode_cursor("changes", last.received_at, last.id)
+        return rows, None
+
+    async def update_change(
+        self,
+        change_id: str,
+        *,
+        expected_status: ChangeStatus | str | None = None,
+        events: Sequence[NewEvent] = (),
+        now: datetime | None = None,
+        **fields: Any,
+    ) -> ChangeRecord:
+        """Update a change request and enqueue ``events`` in the same transaction.
+
+        ``expected_status``: optimistic concurrency; ``StaleChangeError`` when the row is no
+        longer in that status. ``ChangeNotFoundError`` for an unknown id.
+        """
+        unknown = set(fields) - UPDATABLE_CHANGE_FIELDS
+        if unknown:
+            raise TypeError(f"update_change: unknown fields {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for k, v in fields.items():
+            if k == "status":
+                v = ChangeStatus(v).value
+            elif k == "direction" and v is not None:
+                v = Direction(v).value
+            elif k == "timing" and v is not None:
+                v = Timing(v).value
+            elif k == "details":
+                v = dict(v or {})
+            values[k] = v
+        stamp = _aware(now, "now") if now is not None else self._clock()
+        values["updated_at"] = stamp
+        expected = ChangeStatus(expected_status).value if expected_status is not None else None
+
+        async def op(conn: AsyncConnection) -> ChangeRecord:
+            q = change_requests.update().where(change_requests.c.id == change_id)
+            if expected is not None:
+                q = q.where(change_requests.c.status == expected)
+            result = await conn.execute(q.values(**values).returning(*change_requests.c))
+            row = result.first()
+            if row is None:
+                current = await self._get_change(conn, change_id)
+                if current is None:
+                    raise ChangeNotFoundError(f"change {change_id} not found")
+                raise StaleChangeError(change_id, expected or "", current.status.value)
+            record = _change(row)
+            await self._write_events(conn, events, record.customer, record.id, stamp)
+            return record
+
+        return await self._tx(op, write=True)
+
+    async def count_changes_by_status(self) -> dict[str, int]:
+        async def op(conn: AsyncConnection) -> dict[str, int]:
+            rows = await conn.execute(
+                sa.select(change_requests.c.status, sa.func.count()).group_by(
+                    change_requests.c.status
+                )
+            )
+            return {str(s): int(n) for s, n in rows.all()}
+
+        counts = {s.value: 0 for s in ChangeStatus}
+        counts.update(await self._tx(op, write=False))
+        return counts
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    async def schedule_customer(self, customer: str, at: datetime) -> None:
+        """Make the customer due at ``at`` (or keep an earlier due time already set)."""
+        at = _aware(at, "at")
+        now = self._clock()
+
+        async def op(conn: AsyncConnection) -> None:
+            await self._ensure_customer(conn, customer, now)
+            nc = customers.c.next_check_at
+            await conn.execute(
+                customers.update()
+                .where(customers.c.customer == customer)
+                .values(
+                    next_check_at=sa.case(
+                        (sa.or_(nc.is_(None), nc > at), at),
+                        else_=nc,
+                    ),
+                    version=customers.c.version + 1,
+                    updated_at=now,
+                )
+            )
+
+        claim = self._held_claim(customer)
+        if claim is not None:
+            await claim._run(op)
+            return
+        await self._tx(op, write=True, idempotent=True)
+
+    async def due_customers(self, now: datetime, limit: int = 100) -> list[str]:
+        """Customers whose ``next_check_at`` has passed, most overdue first."""
+        now = _aware(now, "now")
+        c = customers.c
+        q = (
+            sa.select(c.customer)
+            .where(c.next_check_at <= now)
+            .order_by(c.next_check_at, c.customer)
+            .limit(limit)
+        )
+
+        async def op(conn: AsyncConnection) -> list[str]:
+            return list((await conn.execute(q)).scalars())
+
+        return await self._tx(op, write=False)
+
+    async def claim_due(self, now: datetime, limit: int = 100) -> list[str]:
+        """Due customers that no worker holds a claim on right now (candidates for ``claim``).
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED`` skips customers claimed by any replica; the rows
+        are not kept locked, so ``claim()`` remains the guarantee of exclusivity.
+        """
+        now = _aware(now, "now")
+        c = customers.c
+        q = (
+            sa.select(c.customer)
+            .where(c.next_check_at <= now)
+            .order_by(c.next_check_at, c.customer)
+            .limit(limit)
+        )
+        if self._sqlite:
+            names = await self.due_customers(now, limit + len(self._sqlite_claims))
+            return [n for n in names if n not in self._sqlite_claims][:limit]
+        q = q.with_for_update(skip_locked=True)
+
+        async def op(conn: AsyncConnection) -> list[str]:
+            return list((await conn.execute(q)).scalars())
+
+        return await self._tx(op, write=False)
+
+    async def next_due_at(self) -> datetime | None:
+        async def op(conn: AsyncConnection) -> datetime | None:
+            value: datetime | None = (
+                await conn.execute(sa.select(sa.func.min(customers.c.next_check_at)))
+            ).scalar_one_or_none()
+            return value
+
+        return await self._tx(op, write=False)
+
+    async def customers_with_desired(self, page_size: int = 500) -> AsyncIterator[str]:
+        """Every customer with a desired request, in key order (pages of ``page_size``)."""
+        after: str | None = None
+        while True:
+            q = sa.select(customers.c.customer).where(customers.c.desired_change_id.is_not(None))
+            if after is not None:
+                q = q.where(customers.c.customer > after)
+            q = q.order_by(customers.c.customer).limit(page_size)
+
+            async def op(conn: AsyncConnection, q: Any = q) -> list[str]:
+                return list((await conn.execute(q)).scalars())
+
+            page = await self._tx(op, write=False)
+            for name in page:
+                yield name
+            if len(page) < page_size:
+                return
+            after = page[-1]
+
+    # -- claims -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def claim(self, customer: str) -> AsyncIterator[Claim | None]:
+        """Exclusive per-customer claim; yields None when another worker holds it.
+
+        PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` on the customer's row, on a dedicated
+        connection kept in its transaction for the whole block (a crashed replica's claim ends
+        with its connection). SQLite: an in-process flag per customer.
+        """
+        if self._sqlite:
+            if customer in self._sqlite_claims:
+                yield None
+                return
+            self._sqlite_claims.add(customer)
+            try:
+                now = self._clock()
+
+                async def load(conn: AsyncConnection) -> Row[Any]:
+                    await self._ensure_customer(conn, customer, now)
+                    return (
+                        await conn.execute(
+                            sa.select(customers).where(customers.c.customer == customer)
+                        )
+                    ).one()
+
+                row = await self._tx(load, write=True, idempotent=True)
+                claim = Claim(self, _customer(row), row.version, None)
+                token = _push_claim(self, claim)
+                try:
+                    yield claim
+                finally:
+                    _HELD_CLAIMS.reset(token)
+            finally:
+                self._sqlite_claims.discard(customer)
+            return
+
+        # PostgreSQL. Make sure the row exists (short committed transaction) so that the lock
+        # below never waits on another replica's uncommitted insert.
+        now = self._clock()
+
+        async def ensure(conn: AsyncConnection) -> None:
+            exists = (
+                await conn.execute(sa.select(sa.literal(1)).where(customers.c.customer == customer))
+            ).first()
+            if exists is None:
+                await self._ensure_customer(conn, customer, now)
+
+        await self._tx(ensure, write=True, idempotent=True)
+        try:
+            conn = await self._engine.connect()
+        except (exc.DBAPIError, OSError) as e:
+            raise StoreUnavailable(f"database unavailable: {e}") from e
+        try:
+            try:
+                await conn.begin()
+                locked = (
+                    await conn.execute(
+                        sa.select(customers)
+                        .where(customers.c.customer == customer)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).first()
+            except exc.DBAPIError as e:
+                if _is_transient(e, False):
+                    raise StoreUnavailable(f"database unavailable: {e.orig}") from e
+                raise
+            if locked is None:
+                await conn.rollback()
+                yield None
+                return
+            claim = Claim(self, _customer(locked), locked.version, conn)
+            token = _push_claim(self, claim)
+            try:
+                yield claim
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+            finally:
+                _HELD_CLAIMS.reset(token)
+            try:
+                await conn.commit()
+            except exc.DBAPIError as e:
+                if _is_transient(e, False):
+                    raise StoreUnavailable(
+                        f"claim connection lost before commit: {e.orig}", ambiguous=True
+                    ) from e
+                raise
+        finally:
+            await conn.close()
+
+    # -- leadership ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def leader(self, name: str) -> AsyncIterator[Leadership]:
+        """Singleton duty. ``handle.held`` tells whether this process is the leader now; call
+        ``await handle.check()`` before each round to re-validate or retry acquisition."""
+        handle = Leadership(self, name)
+        if not self._sqlite:
+            await handle._try_acquire()
+        try:
+            yield handle
+        finally:
+            await handle._release()
+
+    # -- audit --------------------------------------------------------------------------------
+
+    async def append_audit(self, entries: Iterable[AuditEntry]) -> int:
+        """Append entries (one transaction). Returns how many were written."""
+        rows = [
+            {
+                "at": _aware(e.at, "at"),
+                "customer": e.customer,
+                "change_id": e.change_id,
+                "kind": AuditKind(e.kind).value,
+                "operation": e.operation,
+                "method": e.method,
+                "path": e.path,
+                "request_body": e.request_body,
+                "status": e.status,
+                "detail": e.detail,
+                "data": dict(e.data) if e.data is not None else None,
+            }
+            for e in entries
+        ]
+        if not rows:
+            return 0
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(audit_log.insert(), rows)
+
+        await self._tx(op, write=True)
+        return len(rows)
+
+    async def list_audit(
+        self,
+        customer: str | None = None,
+        change_id: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first. ``before_id`` pages further back."""
+        q = sa.select(audit_log)
+        if customer is not None:
+            q = q.where(audit_log.c.customer == customer)
+        if change_id is not None:
+            q = q.where(audit_log.c.change_id == change_id)
+        if before_id is not None:
+            q = q.where(audit_log.c.id < before_id)
+        q = q.order_by(audit_log.c.id.desc()).limit(limit)
+
+        async def op(conn: AsyncConnection) -> list[AuditEntry]:
+            return [_audit(r) for r in (await conn.execute(q)).all()]
+
+        return await self._tx(op, write=False)
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    async def _write_events(
+        self,
+        conn: AsyncConnection,
+        events: Sequence[NewEvent],
+        customer: str | None,
+        change_id: str | None,
+        now: datetime,
+    ) -> None:
+        if not events:
+            return
+        await conn.execute(
+            outbox_events.insert(),
+            [
+                {
+                    "id": e.id or new_event_id(),
+                    "type": e.type,
+                    "customer": e.customer if e.customer is not None else customer,
+                    "change_id": e.change_id if e.change_id is not None else change_id,
+                    "payload": dict(e.payload),
+                    "status": EventStatus.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for e in events
+            ],
+        )
+
+    async def enqueue_events(self, events: Sequence[NewEvent], now: datetime) -> None:
+        """Enqueue events not tied to a change update (e.g. operational notices)."""
+        now = _aware(now, "now")
+
+        async def op(conn: AsyncConnection) -> None:
+            await self._write_events(conn, events, None, None, now)
+
+        await self._tx(op, write=True)
+
+    async def get_event(self, event_id: str) -> OutboxEvent | None:
+        async def op(conn: AsyncConnection) -> OutboxEvent | None:
+            row = (
+                await conn.execute(sa.select(outbox_events).where(outbox_events.c.id == event_id))
+            ).first()
+            return _event(row) if row is not None else None
+
+        return await self._tx(op, write=False)
+
+    async def due_events(self, now: datetime, limit: int = 100) -> list[OutboxEvent]:
+        """Pending events whose next attempt is due, oldest due first."""
+        now = _aware(now, "now")
+        c = outbox_events.c
+        q = (
+            sa.select(outbox_events)
+            .where(c.status == EventStatus.PENDING.value, c.next_attempt_at <= now)
+            .order_by(c.next_attempt_at, c.created_at, c.id)
+            .limit(limit)
+        )
+
+        async def op(conn: AsyncConnection) -> list[OutboxEvent]:
+            return [_event(r) for r in (await conn.execute(q)).all()]
+
+        return await self._tx(op, write=False)
+
+    async def _event_update(
+        self,
+        event_id: str,
+        allowed_from: Sequence[EventStatus],
+        values: Mapping[str, Any],
+        action: str,
+    ) -> OutboxEvent:
+        async def op(conn: AsyncConnection) -> OutboxEvent:
+            row = (
+                await conn.execute(
+                    outbox_events.update()
+                    .where(
+                        outbox_events.c.id == event_id,
+                        outbox_events.c.status.in_([s.value for s in allowed_from]),
+                    )
+                    .values(**values)
+                    .returning(*outbox_events.c)
+                )
+            ).first()
+            if row is not None:
+                return _event(row)
+            cur = (
+                await conn.execute(
+                    sa.select(outbox_events.c.status).where(outbox_events.c.id == event_id)
+                )
+            ).first()
+            if cur is None:
+                raise EventNotFoundError(f"event {event_id} not found")
+            raise InvalidTransitionError(f"cannot {action} event {event_id}: it is {cur.status}")
+
+        return await self._tx(op, write=True)
+
+    async def mark_delivered(self, event_id: str, now: datetime) -> OutboxEvent:
+        return await self._event_update(
+            event_id,
+            (EventStatus.PENDING,),
+            {
+                "status": EventStatus.DELIVERED.value,
+                "delivered_at": _aware(now, "now"),
+                "attempts": outbox_events.c.attempts + 1,
+                "next_attempt_at": None,
+                "last_error": None,
+            },
+            "mark delivered",
+        )
+
+    async def mark_failed(
+        self,
+        event_id: str,
+        error: str,
+        next_attempt_at: datetime | None,
+        dead: bool = False,
+    ) -> OutboxEvent:
+        """Count a failed attempt; ``dead`` gives up on the event (status ``dead``)."""
+        if not dead and next_attempt_at is None:
+            raise ValueError("next_attempt_at is required unless dead")
+        return await self._event_update(
+            event_id,
+            (EventStatus.PENDING,),
+            {
+                "status": (EventStatus.DEAD if dead else EventStatus.PENDING).value,
+                "attempts": outbox_events.c.attempts + 1,
+                "last_error": error,
+                "next_attempt_at": (
+                    None if dead or next_attempt_at is None else _aware(next_attempt_at, "at")
+                ),
+            },
+            "mark failed",
+        )
+
+    async def disable_pending(self, reason: str) -> int:
+        """The receiver is gone (HTTP 410): every pending event becomes ``disabled``."""
+
+        async def op(conn: AsyncConnection) -> int:
+            result = await conn.execute(
+                outbox_events.update()
+                .where(outbox_events.c.status == EventStatus.PENDING.value)
+                .values(status=EventStatus.DISABLED.value, last_error=reason, next_attempt_at=None)
+            )
+            return int(result.rowcount)
+
+        return await self._tx(op, write=True, idempotent=True)
+
+    async def redeliver(self, event_id: str, now: datetime) -> OutboxEvent:
+        """Put a dead or disabled event back in the queue (attempts start again from zero)."""
+        return await self._event_update(
+            event_id,
+            (EventStatus.DEAD, EventStatus.DISABLED, EventStatus.PENDING),
+            {
+                "status": EventStatus.PENDING.value,
+                "attempts": 0,
+                "next_attempt_at": _aware(now, "now"),
+            },
+            "redeliver",
+        )
+
+    async def list_events(
+        self,
+        status: EventStatus | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[OutboxEvent], str | None]:
+        """Newest first (created_at, then id)."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        c = outbox_events.c
+        q = sa.select(outbox_events)
+        if status is not None:
+            q = q.where(c.status == EventStatus(status).value)
+        if cursor is not None:
+            at, ident = _decode_cursor("events", cursor)
+            q = q.where(sa.or_(c.created_at < at, sa.and_(c.created_at == at, c.id < ident)))
+        q = q.order_by(c.created_at.desc(), c.id.desc()).limit(limit + 1)
+
+        async def op(conn: AsyncConnection) -> list[OutboxEvent]:
+            return [_event(r) for r in (await conn.execute(q)).all()]
+
+        rows = await self._tx(op, write=False)
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            return rows[:limit], _encode_cursor("events", last.created_at, last.id)
+        return rows, None
+
+    async def count_events_by_status(self) -> dict[str, int]:
+        async def op(conn: AsyncConnection) -> dict[str, int]:
+            rows = await conn.execute(
+                sa.select(outbox_events.c.status, sa.func.count()).group_by(outbox_events.c.status)
+            )
+            return {str(s): int(n) for s, n in rows.all()}
+
+        counts = {s.value: 0 for s in EventStatus}
+        counts.update(await self._tx(op, write=False))
+        return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# SQLite specifics
+
+
+def _lock_sqlite_file(path: str, instance_id: str) -> int:
+    """Exclusive non-blocking flock on ``<db>.lock``; refuses a second process on the file."""
+    db = Path(path).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = Path(str(db) + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        except OSError:
+            holder = ""
+        os.close(fd)
+        who = f" (held by {holder})" if holder else ""
+        raise StoreLockedError(
+            f"SQLite database {db} is already in use by another reconciler process{who}; "
+            f"lock file {lock_path}. Run one instance per SQLite file, or use PostgreSQL for "
+            "replicas."
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    info = f"instance={instance_id} pid={os.getpid()} host={socket.gethostname()}\n"
+    os.pwrite(fd, info.encode(), 0)
+    return fd
+
+
+def _configure_sqlite(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit transactions are not atomic for
+        # read-then-write), and set the pragmas every connection needs.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if wal:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.info.get("begin", "BEGIN"))

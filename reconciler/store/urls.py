@@ -1,0 +1,39 @@
+"""Database URL normalisation: plain URLs are rewritten to the async drivers the store uses."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import URL, make_url
+
+_REWRITE = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg",
+}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """``sqlite:///x.db`` → ``sqlite+aiosqlite:///x.db``; ``postgresql://`` → psycopg 3 async."""
+    u = make_url(url) if isinstance(url, str) else url
+    driver = _REWRITE.get(u.drivername)
+    if driver is None:
+        raise ValueError(
+            f"unsupported database URL scheme {u.drivername!r}: use sqlite:///PATH or "
+            "postgresql://USER@HOST/DB"
+        )
+    return u.set(drivername=driver)
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: URL) -> str | None:
+    """The database file of a SQLite URL, or None for an in-memory database."""
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file::memory:"):
+        return None
+    return db

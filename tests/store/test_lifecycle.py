@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import T0, Clock
+
+from reconciler.store import Store, StoreLockedError, StoreUnavailable, normalize_url
+
+
+def test_url_normalisation() -> None:
+    assert str(normalize_url("sqlite:///x.db")) == "sqlite+aiosqlite:///x.db"
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("sqlite+aiosqlite:///x.db").drivername == "sqlite+aiosqlite"
+    with pytest.raises(ValueError, match="unsupported"):
+        normalize_url("mysql://u@h/db")
+
+
+async def test_migrate_is_idempotent_and_is_migrated(db_url: str, clock: Clock) -> None:
+    s = await Store.open(db_url, instance_id="m", clock=clock)
+    try:
+        assert await s.is_migrated() is False
+        await s.migrate()
+        assert await s.is_migrated() is True
+        await s.migrate()  # second run: nothing to do, no error, still at head
+        assert await s.is_migrated() is True
+        async with s._engine.connect() as conn:
+            names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+            version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
+        assert {"change_requests", "customers", "audit_log", "outbox_events"} <= names
+        assert version == [("0001",)]
+        assert await s.ping() is True
+    finally:
+        await s.close()
+
+
+@pytest.mark.postgres
+async def test_concurrent_migrations_do_not_race(pg_database: str, clock: Clock) -> None:
+    import asyncio
+
+    stores = [await Store.open(pg_database, instance_id=f"r{i}", clock=clock) for i in range(4)]
+    try:
+        await asyncio.gather(*(s.migrate() for s in stores))
+        assert all([await s.is_migrated() for s in stores])
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_memory_database(clock: Clock) -> None:
+    s = await Store.open("sqlite:///:memory:", instance_id="mem", clock=clock)
+    try:
+        await s.migrate()
+        r = await s.submit_change("c", "pro", 1, T0, "cli", None, T0)
+        assert (await s.get_change(r.change.id)) == r.change
+    finally:
+        await s.close()
+
+
+async def test_second_sqlite_instance_is_refused(tmp_path: Path, clock: Clock) -> None:
+    db = tmp_path / "one.db"
+    first = await Store.open(f"sqlite:///{db}", instance_id="first-instance", clock=clock)
+    try:
+        with pytest.raises(StoreLockedError) as info:
+            await Store.open(f"sqlite:///{db}", instance_id="second", clock=clock)
+        msg = str(info.value)
+        assert str(db.resolve()) in msg
+        assert "first-instance" in msg  # names the holder
+        assert "already in use" in msg
+    finally:
+        await first.close()
+    again = await Store.open(f"sqlite:///{db}", instance_id="third", clock=clock)
+    await again.close()
+
+
+async def test_sqlite_wal_and_foreign_keys(tmp_path: Path, clock: Clock) -> None:
+    db = tmp_path / "w.db"
+    s = await Store.open(f"sqlite:///{db}", instance_id="w", clock=clock)
+    try:
+        await s.migrate()
+        async with s._engine.connect() as conn:
+            mode = (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar()
+            fks = (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar()
+            busy = (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar()
+        assert (mode, fks) == ("wal", 1)
+        assert busy == 5000
+    finally:
+        await s.close()
+
+
+async def test_sqlite_locked_database_surfaces_store_unavailable(
+    tmp_path: Path, clock: Clock
+) -> None:
+    db = tmp_path / "busy.db"
+    s = await Store.open(f"sqlite:///{db}", instance_id="b", clock=clock, busy_timeout_ms=50)
+    try:
+        await s.migrate()
+        other = sqlite3.connect(db, isolation_level=None)  # e.g. a backup tool holding a lock
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await s.schedule_customer("c1", T0)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await s.schedule_customer("c1", T0)  # works again once the lock is gone
+        assert await s.due_customers(T0, 10) == ["c1"]
+    finally:
+        await s.close()
+
+
+async def test_unreachable_postgres_surfaces_store_unavailable(clock: Clock) -> None:
+    s = await Store.open(
+        "postgresql://postgres@127.0.0.1:1/nothing", instance_id="x", clock=clock, retries=1
+    )
+    try:
+        assert await s.ping() is False
+        with pytest.raises(StoreUnavailable):
+            await s.get_change("nope")
+    finally:
+        await s.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_restart_like_disconnect_recovers(pg_database: str, clock: Clock) -> None:
+    """Server-side termination of pooled connections: pre-ping/retry hides it from callers."""
+    import psycopg
+    from conftest import PG_ADMIN_DSN
+
+    s = await Store.open(pg_database, instance_id="d", clock=clock)
+    try:
+        await s.migrate()
+        await s.schedule_customer("c1", T0)
+        dbname = pg_database.rsplit("/", 1)[1]
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (dbname,),
+            )
+        assert await s.due_customers(T0, 10) == ["c1"]
+    finally:
+        await s.close()
