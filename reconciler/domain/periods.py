@@ -45,10 +45,12 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
 
 __all__ = [
     "Duration",
     "Period",
+    "add",
     "add_duration",
     "aligned_billing_period",
     "boundary",
@@ -253,15 +255,18 @@ def parse_duration(text: str) -> Duration:
     return -d if neg else d
 
 
-@dataclass(frozen=True, slots=True)
-class Period:
-    """A half-open interval ``[start, end)`` (OpenMeter ``timeutil.ClosedPeriod`` used so)."""
+class Period(NamedTuple):
+    """A half-open interval ``[start, end)`` (OpenMeter ``timeutil.ClosedPeriod``, used so).
+
+    A named tuple, so ``start, end = period_at(...)`` works and it compares equal to the
+    ``(start, end)`` tuples of ``reconciler.domain.model``.
+    """
 
     start: datetime
     end: datetime
 
-    def __contains__(self, t: object) -> bool:
-        return isinstance(t, datetime) and self.start <= t < self.end
+    def contains(self, t: datetime) -> bool:
+        return self.start <= t < self.end
 
 
 def _require_aware(name: str, dt: datetime) -> None:
@@ -299,6 +304,9 @@ def add_duration(dt: datetime, d: Duration, n: int = 1) -> datetime:
         weeks=dd.weeks, days=dd.days, hours=dd.hours, minutes=dd.minutes, microseconds=micro
     )
     return u.astimezone(tz)
+
+
+add = add_duration  # the name used in docs/ARCHITECTURE.md
 
 
 def _require_interval(d: Duration) -> None:

@@ -318,7 +318,9 @@ intervals = st.one_of(
 def test_period_contains_t(anchor: datetime, d: Duration, t: datetime) -> None:
     p = period_at(anchor, d, t)
     assert p.start <= t < p.end
-    assert t in p
+    assert p.contains(t)
+    start, end = p
+    assert (start, end) == p
 
 
 @settings(max_examples=200, deadline=None)
