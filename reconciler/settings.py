@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(20.0, ge=0)
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
+    # Demo and tests only: read "now" from this URL (the emulator's /_emulator/clock) instead of
+    # the system clock, so the reconciler and an emulator whose clock was moved agree on time.
+    clock_url: str | None = None
+
     @field_validator("openmeter_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
@@ -78,9 +82,9 @@ class Settings(BaseSettings):
         return [s for s in raw.split() if s]
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment, the secrets directory and explicit overrides."""
     secrets_dir = os.environ.get("RECONCILER_SECRETS_DIR", DEFAULT_SECRETS_DIR)
     if Path(secrets_dir).is_dir():
-        return Settings(_secrets_dir=secrets_dir, **overrides)  # type: ignore[call-arg]
-    return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_secrets_dir=secrets_dir, **overrides)
+    return Settings(**overrides)

@@ -1,0 +1,387 @@
+"""Command line: ``reconciler change | status | reconcile | run | emulator | demo | ...``.
+
+This module wires things together; the emulator is imported lazily and only by the
+``emulator`` and ``demo`` commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from reconciler import __version__
+from reconciler.domain.policy import PolicyError
+from reconciler.logs import configure_logging
+from reconciler.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Usage-preserving plan changes for self-hosted OpenMeter.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Check and explain the change policy.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_USAGE_NOT_PRESERVED = 3
+
+
+def _settings() -> Settings:
+    try:
+        s = load_settings()
+    except Exception as exc:  # pydantic ValidationError: show the fields
+        err.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    configure_logging(s.log_level, s.log_format)
+    return s
+
+
+def _run(factory: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(factory())  # type: ignore[arg-type]
+    except PolicyError as exc:
+        err.print(f"[red]policy error:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _entitlement_table(doc: dict[str, Any]) -> Table:
+    t = Table(title="Entitlements", show_lines=False)
+    for col in ("feature", "before usage/balance", "after usage/balance", "at boundary"):
+        t.add_column(col)
+    for feature, e in doc.get("entitlements", {}).items():
+        b, a, nb = e.get("before") or {}, e.get("after") or {}, e.get("at_boundary") or {}
+        t.add_row(
+            feature,
+            f"{_fmt(b.get('usage'))} / {_fmt(b.get('balance'))}",
+            f"{_fmt(a.get('usage'))} / {_fmt(a.get('balance'))}",
+            f"{_fmt(nb.get('usage'))} / {_fmt(nb.get('balance'))}" if nb else "-",
+        )
+    return t
+
+
+def _print_change(doc: dict[str, Any]) -> None:
+    out.print(
+        f"[bold]{doc.get('customer')}[/bold]: {doc.get('from_plan') or 'no plan'} -> "
+        f"{doc['target']['key']}@v{doc['target']['version']}  "
+        f"[cyan]{doc['direction']}[/cyan], timing {doc['timing']} (rule: {doc.get('rule')})"
+    )
+    out.print(f"effective at {doc.get('effective_at')}, converges at {doc.get('converges_at')}")
+    if doc.get("refusal"):
+        out.print(f"[red]refused:[/red] {doc['refusal']}")
+    applied = {(a["method"], a["path"]): a for a in doc.get("applied", [])}
+    for action in doc.get("actions", []):
+        mark = (
+            "[green]applied[/green]" if (action["method"], action["path"]) in applied else "planned"
+        )
+        out.print(f"  {mark} {action['method']} {action['path']}")
+    out.print(_entitlement_table(doc))
+    for w in doc.get("warnings", []):
+        out.print(f"[yellow]warning:[/yellow] {w}")
+    if doc.get("status"):
+        out.print(f"status: [bold]{doc['status']}[/bold]")
+    if doc.get("error"):
+        out.print(f"[red]error:[/red] {doc['error']}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def change(
+    customer: Annotated[str, typer.Argument(help="OpenMeter customer id or key")],
+    plan: Annotated[str, typer.Argument(help="target plan key")],
+    plan_version: Annotated[int | None, typer.Option("--version", help="plan version")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="plan only, change nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Plan a plan change and (unless --dry-run) apply it now."""
+    settings = _settings()
+    code = _run(lambda: _change(settings, customer, plan, plan_version, dry_run, as_json))
+    raise typer.Exit(code)
+
+
+async def _change(
+    settings: Settings,
+    customer: str,
+    plan: str,
+    plan_version: int | None,
+    dry_run: bool,
+    as_json: bool,
+) -> int:
+    from reconciler.engine.catalog import UnknownPlan
+    from reconciler.openmeter.errors import NotFound, OpenMeterError
+    from reconciler.runtime import open_runtime
+    from reconciler.store.types import ChangeSource
+
+    async with open_runtime(settings) as rt:
+        try:
+            doc = await rt.queries.preview(customer, plan, plan_version)
+        except UnknownPlan as exc:
+            err.print(f"[red]{exc}[/red]")
+            return EXIT_BAD_INPUT
+        except NotFound as exc:
+            err.print(f"[red]not found:[/red] {exc.detail}")
+            return EXIT_BAD_INPUT
+        except OpenMeterError as exc:
+            err.print(f"[red]OpenMeter error:[/red] {exc}")
+            return EXIT_FAILED
+        code = EXIT_OK
+        if not dry_run:
+            now = await rt.clock.now()
+            sub = await rt.store.submit_change(
+                customer, plan, plan_version, now, ChangeSource.CLI, f"cli-{uuid.uuid4()}", now
+            )
+            outcome = await rt.engine.reconcile(customer)
+            change = await rt.store.get_change(sub.change.id)
+            doc["change_id"] = sub.change.id
+            doc["status"] = outcome.status
+            doc["applied"] = [
+                {k: a[k] for k in ("action", "method", "path", "body", "result")}
+                for a in outcome.applied
+            ]
+            doc["error"] = outcome.error
+            doc["usage_not_preserved"] = outcome.usage_not_preserved
+            if change is not None and change.details.get("proof"):
+                doc["proof"] = change.details["proof"]
+            # What OpenMeter shows now, not what the preview expected.
+            fresh = (await rt.queries.status(customer, audit_limit=0))["entitlements"]
+            for f, v in fresh.items():
+                doc["entitlements"].setdefault(f, {"before": None})["after"] = v
+            if outcome.usage_not_preserved:
+                code = EXIT_USAGE_NOT_PRESERVED
+            elif outcome.status == "failed":
+                code = EXIT_FAILED
+        elif doc.get("refusal"):
+            code = EXIT_FAILED
+    if as_json:
+        _print_json(doc)
+    else:
+        _print_change(doc)
+    return code
+
+
+@app.command()
+def status(
+    customer: Annotated[str, typer.Argument(help="OpenMeter customer id or key")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Plan on record, effective plan, scheduled successor, entitlements, desired state, audit."""
+    settings = _settings()
+
+    async def go() -> dict[str, Any]:
+        from reconciler.runtime import open_runtime
+
+        async with open_runtime(settings) as rt:
+            return await rt.queries.status(customer)
+
+    doc = _run(go)
+    if as_json:
+        _print_json(doc)
+        return
+    sub = doc.get("subscription") or {}
+    out.print(f"[bold]{doc['customer']}[/bold] ({doc['customer_id']})")
+    out.print(
+        f"plan on record: {doc.get('plan_on_record')}; effective: {sub.get('effective_plan')}"
+    )
+    succ = doc.get("scheduled_successor")
+    if succ:
+        out.print(f"scheduled successor: {succ['plan']} from {succ['active_from']}")
+    desired = doc.get("desired")
+    if desired:
+        out.print(
+            f"desired: {desired['plan']}@v{desired['plan_version']} ({desired['status']}), "
+            f"convergence: {doc['convergence']}"
+        )
+    t = Table(title="Entitlements")
+    for col in ("feature", "usage", "balance", "total"):
+        t.add_column(col)
+    for f, v in doc["entitlements"].items():
+        v = v or {}
+        t.add_row(
+            f,
+            _fmt(v.get("usage")),
+            _fmt(v.get("balance")),
+            _fmt(v.get("total_available_grant_amount")),
+        )
+    out.print(t)
+    if doc["recent_audit"]:
+        a = Table(title="Recent audit")
+        for col in ("at", "kind", "operation", "call", "status", "detail"):
+            a.add_column(col)
+        for r in doc["recent_audit"]:
+            call = f"{r['method']} {r['path']}" if r["method"] else ""
+            a.add_row(
+                r["at"],
+                r["kind"],
+                r["operation"],
+                call,
+                _fmt(r["status"]),
+                (r["detail"] or "")[:60],
+            )
+        out.print(a)
+
+
+@app.command()
+def reconcile(
+    customer: Annotated[str | None, typer.Option("--customer", help="only this customer")] = None,
+    all_customers: Annotated[
+        bool, typer.Option("--all", help="also every OpenMeter customer (rebuilds lost state)")
+    ] = False,
+) -> None:
+    """One pass over every customer with a pending or unconverged change."""
+    settings = _settings()
+    code = _run(lambda: _reconcile(settings, customer, all_customers))
+    raise typer.Exit(code)
+
+
+async def _reconcile(settings: Settings, customer: str | None, all_customers: bool) -> int:
+    from rich.progress import Progress
+
+    from reconciler.runtime import open_runtime
+
+    async with open_runtime(settings) as rt:
+        targets: list[str] = []
+        if customer:
+            targets = [customer]
+        else:
+            if all_customers:
+                async for c in rt.client.iter_customers():
+                    ref = c.key or c.id
+                    await rt.engine.adopt(ref)
+            async for ref in rt.store.customers_with_desired():
+                targets.append(ref)
+        counts: dict[str, int] = {}
+        failed = 0
+        with Progress(console=err, disable=not err.is_terminal, transient=True) as progress:
+            task = progress.add_task("reconciling", total=len(targets))
+            for ref in targets:
+                outcome = await rt.engine.reconcile(ref)
+                key = outcome.status or outcome.state
+                counts[key] = counts.get(key, 0) + 1
+                if outcome.status == "failed":
+                    failed += 1
+                progress.advance(task)
+        summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "nothing to do"
+        out.print(f"{len(targets)} customer(s) reconciled — {summary}")
+        return EXIT_FAILED if failed else EXIT_OK
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (the service also does this at start)."""
+    settings = _settings()
+
+    async def go() -> None:
+        from reconciler.store import Store
+
+        store = await Store.open(
+            settings.database_url.get_secret_value(), instance_id=settings.instance_id
+        )
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    _run(go)
+    out.print("database migrated")
+
+
+@policy_app.command("check")
+def policy_check(
+    path: Annotated[Path | None, typer.Argument(help="policy file (default: settings)")] = None,
+) -> None:
+    """Load the policy and report errors with their line numbers."""
+    from reconciler.runtime import load_policy
+
+    settings = _settings()
+    try:
+        pol = load_policy(path or settings.policy_path)
+    except PolicyError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+    ladder = " < ".join("/".join(group) for group in pol.ladder) or "(none)"
+    out.print(f"policy OK ({pol.source}): ladder {ladder}, {len(pol.rules)} rule(s)")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    from_plan: Annotated[str, typer.Argument(help="plan key the customer has")],
+    to_plan: Annotated[str, typer.Argument(help="plan key requested")],
+    path: Annotated[Path | None, typer.Option("--policy", help="policy file")] = None,
+) -> None:
+    """Show which rule decides a change from one plan to another, and why."""
+    from reconciler.runtime import load_policy
+
+    settings = _settings()
+    try:
+        pol = load_policy(path or settings.policy_path)
+        for line in pol.explain(from_plan, to_plan):
+            out.print(line)
+    except PolicyError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+
+
+@app.command()
+def emulator(
+    host: Annotated[str, typer.Option(help="listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="listen port")] = 8888,
+    catalog: Annotated[Path | None, typer.Option(help="catalog file to load at start")] = None,
+) -> None:
+    """Run the OpenMeter emulator (for demos and tests; not for production)."""
+    from reconciler.emulator.server import serve
+
+    configure_logging("INFO", "console")
+    serve(host, port, str(catalog) if catalog else None)
+
+
+@app.command()
+def demo(
+    catalog: Annotated[Path | None, typer.Option(help="demo catalog")] = None,
+    policy: Annotated[Path | None, typer.Option(help="policy file")] = None,
+) -> None:
+    """Run the emulator with the demo catalog and tell the plan-change story, checking each step."""
+    from reconciler.demo import run_demo
+
+    configure_logging("WARNING", "console")
+    ok = run_demo(out, catalog=catalog, policy=policy)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,710 @@
+"""The reconcile loop for one customer: observe, plan, apply one action, repeat.
+
+Contract (the same as controller-runtime's ``Reconcile``): ``reconcile(customer)`` may be called
+any number of times, at any moment, after any crash; it reads the desired state from the store
+and the observed state from OpenMeter and does only what the difference requires. A mutation
+whose outcome is unknown (timeout, dropped connection, 5xx) is never repeated blindly: the next
+observation shows whether it was applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from reconciler.domain.actions import (
+    Action,
+    CreateSubscription,
+    DeleteScheduled,
+    EditItems,
+    ScheduleChange,
+    Unschedule,
+)
+from reconciler.domain.model import (
+    META_CHANGE,
+    META_PLAN,
+    META_VERSION,
+    Desired,
+    EntitlementValue,
+    Observed,
+    Plan,
+    Timing,
+)
+from reconciler.domain.planner import ChangePolicy, PlanResult, State, plan
+from reconciler.domain.policy import PolicyError
+from reconciler.engine.catalog import Catalog, UnknownPlan
+from reconciler.engine.clock import Clock
+from reconciler.engine.observe import Observer
+from reconciler.engine.preview import preview_document, subscription_view, values_view
+from reconciler.logs import bound, get_logger
+from reconciler.openmeter.client import OpenMeterClient
+from reconciler.openmeter.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    OpenMeterError,
+    PreconditionFailed,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
+from reconciler.store import Store
+from reconciler.store.store import Claim
+from reconciler.store.types import (
+    AuditEntry,
+    AuditKind,
+    ChangeRecord,
+    ChangeSource,
+    ChangeStatus,
+    NewEvent,
+)
+
+log = get_logger("reconciler.engine")
+
+RETRY_BASE = timedelta(seconds=5)
+RETRY_MAX = timedelta(minutes=30)
+AFTER_BOUNDARY = timedelta(seconds=2)
+
+
+@dataclass
+class Hooks:
+    """Callbacks the service uses for metrics; all optional."""
+
+    on_action: Callable[[str, str], None] | None = None  # (kind, outcome)
+    on_status: Callable[[str], None] | None = None
+    on_usage_not_preserved: Callable[[str], None] | None = None  # feature key
+    on_drift_healed: Callable[[str], None] | None = None  # action kind
+
+
+@dataclass
+class Outcome:
+    customer: str
+    change_id: str | None
+    status: str | None
+    state: str
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    usage_not_preserved: list[str] = field(default_factory=list)
+    result: PlanResult | None = None
+
+
+def _value_dict(v: EntitlementValue | None) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    return {
+        "has_access": v.has_access,
+        "usage": _num(v.usage),
+        "balance": _num(v.balance),
+        "total_available_grant_amount": _num(v.total_available_grant_amount),
+    }
+
+
+def _num(d: Decimal | None) -> int | float | str | None:
+    if d is None:
+        return None
+    if d == d.to_integral_value():
+        return int(d)
+    return str(d)
+
+
+def _backoff(attempts: int) -> timedelta:
+    return min(RETRY_MAX, RETRY_BASE * (1 << min(16, max(0, attempts - 1))))
+
+
+def _same_call(a: Action, b: Action) -> bool:
+    return a.request().as_dict() == b.request().as_dict()
+
+
+class Engine:
+    def __init__(
+        self,
+        client: OpenMeterClient,
+        store: Store,
+        policy: ChangePolicy,
+        clock: Clock,
+        *,
+        hooks: Hooks | None = None,
+        max_steps: int = 8,
+        after_action: Callable[[Action], Awaitable[None]] | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.catalog = Catalog(client)
+        self.observer = Observer(client)
+        self.hooks = hooks or Hooks()
+        self.max_steps = max_steps
+        self._after_action = after_action  # test seam: crash injection right after a mutation
+        self._claims: dict[str, Claim] = {}
+
+    # ------------------------------------------------------------------------------------------
+    async def reconcile(self, customer: str) -> Outcome:
+        """Move one customer toward its desired state. Safe to call at any time, repeatedly.
+
+        The customer is claimed first (a row lock on PostgreSQL, so two replicas never work on
+        one customer at once); a customer claimed elsewhere returns the state ``busy``.
+        """
+        async with self.store.claim(customer) as claim:
+            if claim is None:
+                return Outcome(customer, None, None, "busy")
+            self._claims[customer] = claim
+            try:
+                return await self._reconcile_claimed(customer)
+            finally:
+                self._claims.pop(customer, None)
+
+    async def _schedule(self, customer: str, at: datetime | None) -> None:
+        claim = self._claims.get(customer)
+        if claim is not None:
+            await claim.reschedule(at)
+        elif at is not None:
+            await self.store.schedule_customer(customer, at)
+
+    async def _reconcile_claimed(self, customer: str) -> Outcome:
+        change = await self.store.desired_for(customer)
+        if change is None:
+            await self._schedule(customer, None)
+            return Outcome(customer, None, None, "no_desired_state")
+        if change.status in (ChangeStatus.FAILED, ChangeStatus.SUPERSEDED):
+            await self._schedule(customer, None)
+            return Outcome(
+                customer, change.id, change.status.value, "not_open", error=change.last_error
+            )
+        with bound(customer=customer, change=change.id):
+            try:
+                return await self._reconcile(change)
+            except (UnknownPlan, PolicyError) as exc:
+                return await self._fail(change, str(exc))
+            except (TransportError, ServerError, RateLimited) as exc:
+                return await self._retry_later(change, exc)
+            except OpenMeterError as exc:
+                if isinstance(exc, NotFound) and "customer" in (exc.detail or "").lower():
+                    return await self._fail(
+                        change, f"customer not found in OpenMeter: {exc.detail}"
+                    )
+                return await self._retry_later(change, exc)
+
+    async def _reconcile(self, change: ChangeRecord) -> Outcome:
+        customer = change.customer
+        target = await self.catalog.get(change.plan_key, change.plan_version)
+        if change.plan_version is None:
+            change = await self.store.update_change(change.id, plan_version=target.version)
+        desired = change.to_desired()
+        settled = change.status is ChangeStatus.CONVERGED
+        outcome = Outcome(customer, change.id, change.status.value, "acting")
+        last_failure: tuple[Action, OpenMeterError] | None = None
+        ambiguous = 0
+        result: PlanResult | None = None
+        for step in range(self.max_steps):
+            now = await self.clock.now()
+            observed = await self.observer.observe(customer, now)
+            if change.customer_id is None:
+                change = await self.store.update_change(change.id, customer_id=observed.customer_id)
+            change = await self._check_pending_proof(change, observed, outcome)
+            result = plan(observed, desired, target, self.policy, now, settled=settled)
+            if step == 0:
+                change = await self._record_decision(change, result, observed)
+            outcome.result = result
+            if not result.actions:
+                break
+            action = result.actions[0]
+            if last_failure is not None and _same_call(last_failure[0], action):
+                err = last_failure[1]
+                return await self._fail(
+                    change, f"{action.kind} refused by OpenMeter ({err.status}): {err.detail}"
+                )
+            before = None
+            if isinstance(action, EditItems):
+                before = await self._proof_before(change, observed, target)
+                change = await self.store.update_change(
+                    change.id, details={**change.details, "proof_before": before}
+                )
+            try:
+                response = await self._execute(action)
+            except TransportError as exc:
+                # Applied or not? Only the next observation can tell.
+                ambiguous += 1
+                await self._audit_outcome(change, action, "ambiguous", str(exc))
+                if ambiguous > 2:
+                    raise
+                continue
+            except ServerError as exc:
+                ambiguous += 1
+                await self._audit_outcome(change, action, "ambiguous", exc.detail)
+                if ambiguous > 2:
+                    raise
+                continue
+            except (Conflict, Forbidden, BadRequest, NotFound, PreconditionFailed) as exc:
+                # Maybe our observation was stale; re-observe. The same call failing twice is
+                # not explained by state: the change fails with OpenMeter's words.
+                last_failure = (action, exc)
+                await self._audit_outcome(change, action, "rejected", exc.detail)
+                if self.hooks.on_action:
+                    self.hooks.on_action(action.kind, "rejected")
+                continue
+            last_failure = None
+            outcome.applied.append(
+                {"action": action.kind, **action.request().as_dict(), "result": response}
+            )
+            if self.hooks.on_action:
+                self.hooks.on_action(action.kind, "applied")
+            if settled and self.hooks.on_drift_healed:
+                self.hooks.on_drift_healed(action.kind)
+            if self._after_action is not None:
+                await self._after_action(action)
+            if isinstance(action, EditItems) and before is not None:
+                change = await self._proof_after(change, observed.customer_id, before, outcome)
+                if outcome.usage_not_preserved:
+                    return await self._fail(
+                        change,
+                        "usage_not_preserved: " + "; ".join(outcome.usage_not_preserved),
+                        event="plan_change.usage_not_preserved",
+                        outcome=outcome,
+                    )
+        assert result is not None
+        return await self._finish(change, result, outcome)
+
+    async def adopt(self, customer: str) -> ChangeRecord | None:
+        """Re-derive a customer's desired state from the tags OpenMeter holds.
+
+        The reconciler tags what it writes: the successor it schedules carries
+        ``reconciler.plan/version/change`` in its metadata and the items it adds carry them in
+        their entitlement metadata. A customer without desired state in our store (a lost or
+        new database) gets it back from those tags; a customer without tags is left alone.
+        """
+        if await self.store.desired_for(customer) is not None:
+            return None
+        now = await self.clock.now()
+        observed = await self.observer.observe(customer, now, values=False)
+        found = _tags_of(observed, now)
+        if found is None:
+            return None
+        tags, requested_at = found
+        try:
+            version: int | None = int(tags.get(META_VERSION, ""))
+        except ValueError:
+            version = None
+        result = await self.store.submit_change(
+            customer,
+            tags[META_PLAN],
+            version,
+            requested_at,
+            ChangeSource.SWEEP,
+            tags.get(META_CHANGE) or f"adopted-{observed.customer_id}",
+            now,
+            customer_id=observed.customer_id,
+        )
+        log.info(
+            "desired_state_adopted",
+            customer=customer,
+            plan=tags[META_PLAN],
+            change=result.change.id,
+        )
+        return result.change
+
+    # ------------------------------------------------------------------------------------------
+    async def _execute(self, action: Action) -> Any:
+        call = action.request()
+        body = dict(call.body or {})
+        c = self.client
+        if isinstance(action, EditItems):
+            resp: Any = await c.edit_subscription(
+                action.subscription_id, body["customizations"], body["timing"]
+            )
+        elif isinstance(action, ScheduleChange):
+            resp = await c.change_subscription(action.subscription_id, body)
+        elif isinstance(action, DeleteScheduled):
+            await c.delete_subscription(action.subscription_id)
+            return {"status": 204}
+        elif isinstance(action, Unschedule):
+            resp = await c.unschedule_cancelation(action.subscription_id)
+        elif isinstance(action, CreateSubscription):
+            resp = await c.create_subscription(body)
+        else:  # pragma: no cover - exhaustive union
+            raise TypeError(action)
+        return _summary(resp)
+
+    async def _record_decision(
+        self, change: ChangeRecord, result: PlanResult, observed: Observed
+    ) -> ChangeRecord:
+        now = await self.clock.now()
+        await self.store.append_audit(
+            [
+                AuditEntry(
+                    at=now,
+                    kind=AuditKind.DECISION,
+                    operation="plan",
+                    customer=change.customer,
+                    change_id=change.id,
+                    data={
+                        "state": result.state.value,
+                        "direction": result.direction.value,
+                        "timing": result.timing.value if result.timing else None,
+                        "rule": result.rule,
+                        "reason": result.reason,
+                        "from_plan": str(result.from_plan) if result.from_plan else None,
+                        "actions": [a.request().as_dict() for a in result.actions],
+                        "warnings": list(result.warnings),
+                        "refusal": result.refusal,
+                    },
+                )
+            ]
+        )
+        if change.direction is not None or not result.actions:
+            return change
+        details = dict(change.details)
+        details["entitlements_before"] = {
+            k: _value_dict(v) for k, v in sorted(observed.values.items())
+        }
+        if result.warnings:
+            details["warnings"] = list(result.warnings)
+        return await self.store.update_change(
+            change.id,
+            direction=result.direction,
+            timing=result.timing,
+            rule=result.rule,
+            effective_at=result.effective_at,
+            converges_at=result.converges_at,
+            details=details,
+        )
+
+    async def _proof_before(
+        self, change: ChangeRecord, observed: Observed, target: Plan
+    ) -> dict[str, Any]:
+        features = set(observed.values)
+        for phase in target.phases:
+            for card in phase.rate_cards:
+                if card.entitlement and card.entitlement.type == "metered" and card.feature_key:
+                    features.add(card.feature_key)
+        values = await self.observer.values(observed.customer_id, features)
+        return {k: _value_dict(v) for k, v in sorted(values.items())}
+
+    async def _proof_after(
+        self,
+        change: ChangeRecord,
+        customer_id: str,
+        before: Mapping[str, Any],
+        outcome: Outcome,
+    ) -> ChangeRecord:
+        after_vals = await self.observer.values(customer_id, before.keys())
+        after = {k: _value_dict(v) for k, v in sorted(after_vals.items())}
+        lost = _usage_lost(before, after)
+        outcome.usage_not_preserved.extend(lost)
+        for feature in lost:
+            if self.hooks.on_usage_not_preserved:
+                self.hooks.on_usage_not_preserved(feature.split(":")[0])
+        details = {k: v for k, v in change.details.items() if k != "proof_before"}
+        details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
+        details["entitlements_after"] = after
+        return await self.store.update_change(change.id, details=details)
+
+    async def _check_pending_proof(
+        self, change: ChangeRecord, observed: Observed, outcome: Outcome
+    ) -> ChangeRecord:
+        """A crash between an edit and its after-read leaves ``proof_before`` behind; finish the
+        proof from the next observation so no edit goes unverified."""
+        before = change.details.get("proof_before")
+        if not before or observed.current is None:
+            return change
+        return await self._proof_after(change, observed.customer_id, before, outcome)
+
+    async def _finish(self, change: ChangeRecord, result: PlanResult, outcome: Outcome) -> Outcome:
+        now = await self.clock.now()
+        outcome.state = result.state.value
+        outcome.result = result
+        if result.state is State.REFUSED:
+            return await self._fail(change, result.refusal or result.reason, outcome=outcome)
+        if result.state is State.RESPECTED:
+            await self._schedule(change.customer, None)
+            outcome.status = change.status.value
+            log.warning("cancelation_respected", reason=result.reason)
+            return outcome
+        events: list[NewEvent] = []
+        next_check: datetime | None
+        if result.state is State.CONVERGED:
+            status = ChangeStatus.CONVERGED
+            next_check = None
+        elif result.state is State.WAITING:
+            status = (
+                ChangeStatus.APPLIED
+                if (change.timing or result.timing) is Timing.IMMEDIATE
+                else ChangeStatus.SCHEDULED
+            )
+            when = result.converges_at or now
+            next_check = max(when, now) + AFTER_BOUNDARY
+        else:  # still acting after max_steps: come back soon
+            status = ChangeStatus.PENDING
+            next_check = now + _backoff(change.attempts + 1)
+        if status is not change.status:
+            events.append(self._event(change, status, result))
+        updated = await self.store.update_change(
+            change.id,
+            status=status,
+            last_error=None,
+            next_attempt_at=next_check,
+            converges_at=result.converges_at if status is not ChangeStatus.CONVERGED else now,
+            events=[e for e in events if e is not None],
+        )
+        await self._schedule(change.customer, next_check)
+        if self.hooks.on_status:
+            self.hooks.on_status(status.value)
+        outcome.status = updated.status.value
+        log.info(
+            "reconciled",
+            status=status.value,
+            state=result.state.value,
+            applied=[a["action"] for a in outcome.applied],
+        )
+        return outcome
+
+    def _event(self, change: ChangeRecord, status: ChangeStatus, result: PlanResult) -> NewEvent:
+        kind = {
+            ChangeStatus.APPLIED: "plan_change.applied",
+            ChangeStatus.SCHEDULED: "plan_change.scheduled",
+            ChangeStatus.CONVERGED: "plan_change.converged",
+            ChangeStatus.PENDING: "plan_change.pending",
+        }.get(status, f"plan_change.{status.value}")
+        payload: dict[str, Any] = {
+            "change_id": change.id,
+            "customer": change.customer,
+            "customer_id": change.customer_id,
+            "plan": {"key": change.plan_key, "version": change.plan_version},
+            "direction": (change.direction or result.direction).value,
+            "timing": (change.timing or result.timing or Timing.IMMEDIATE).value,
+            "effective_at": _iso(change.effective_at or result.effective_at),
+            "converges_at": _iso(result.converges_at),
+        }
+        if status is ChangeStatus.APPLIED:
+            payload["entitlements"] = {
+                "before": change.details.get("entitlements_before"),
+                "after": change.details.get("entitlements_after"),
+            }
+        return NewEvent(
+            type=kind,
+            payload=payload,
+            id=f"evt_{change.id}_{kind.split('.')[-1]}",
+        )
+
+    async def _fail(
+        self,
+        change: ChangeRecord,
+        error: str,
+        *,
+        event: str = "plan_change.failed",
+        outcome: Outcome | None = None,
+    ) -> Outcome:
+        now = await self.clock.now()
+        payload = {
+            "change_id": change.id,
+            "customer": change.customer,
+            "plan": {"key": change.plan_key, "version": change.plan_version},
+            "error": error,
+        }
+        events = [
+            NewEvent(type=event, payload=payload, id=f"evt_{change.id}_{event.split('.')[-1]}")
+        ]
+        if event != "plan_change.failed":
+            events.append(
+                NewEvent(type="plan_change.failed", payload=payload, id=f"evt_{change.id}_failed")
+            )
+        await self.store.update_change(
+            change.id,
+            status=ChangeStatus.FAILED,
+            last_error=error,
+            next_attempt_at=None,
+            events=events,
+        )
+        await self._schedule(change.customer, None)
+        await self.store.append_audit(
+            [
+                AuditEntry(
+                    at=now,
+                    kind=AuditKind.DECISION,
+                    operation="failed",
+                    customer=change.customer,
+                    change_id=change.id,
+                    detail=error,
+                )
+            ]
+        )
+        if self.hooks.on_status:
+            self.hooks.on_status(ChangeStatus.FAILED.value)
+        log.error("change_failed", error=error)
+        out = outcome or Outcome(change.customer, change.id, None, "failed")
+        out.status = ChangeStatus.FAILED.value
+        out.state = "failed"
+        out.error = error
+        return out
+
+    async def _retry_later(self, change: ChangeRecord, exc: OpenMeterError) -> Outcome:
+        now = await self.clock.now()
+        attempts = change.attempts + 1
+        retry_at = now + _backoff(attempts)
+        detail = f"{type(exc).__name__}: {exc.detail or exc}"
+        await self.store.update_change(
+            change.id, attempts=attempts, last_error=detail, next_attempt_at=retry_at
+        )
+        await self._schedule(change.customer, retry_at)
+        log.warning("retry_later", error=detail, attempts=attempts, retry_at=retry_at.isoformat())
+        return Outcome(change.customer, change.id, change.status.value, "retry", error=detail)
+
+    async def _audit_outcome(
+        self, change: ChangeRecord, action: Action, outcome: str, detail: str | None
+    ) -> None:
+        await self.store.append_audit(
+            [
+                AuditEntry(
+                    at=await self.clock.now(),
+                    kind=AuditKind.DECISION,
+                    operation=outcome,
+                    customer=change.customer,
+                    change_id=change.id,
+                    method=action.request().method,
+                    path=action.request().path,
+                    detail=detail,
+                    data={"action": action.kind},
+                )
+            ]
+        )
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
+
+
+def _tags_of(observed: Observed, now: datetime) -> tuple[Mapping[str, str], datetime] | None:
+    """The newest reconciler tags visible in OpenMeter, and when they were written."""
+    succ = observed.successor
+    if succ is not None and succ.metadata.get(META_PLAN):
+        return succ.metadata, succ.active_from if succ.active_from < now else now
+    cur = observed.current
+    if cur is None:
+        return None
+    phase = cur.phase_at(now)
+    tagged = [i for i in (phase.items if phase else ()) if i.provenance.get(META_PLAN)]
+    if tagged:
+        latest = max(tagged, key=lambda i: i.active_from)
+        return latest.provenance, latest.active_from
+    if cur.metadata.get(META_PLAN):
+        return cur.metadata, cur.active_from
+    return None
+
+
+def _usage_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    lost = []
+    for feature, b in before.items():
+        a = after.get(feature)
+        if not b or not a or b.get("usage") is None:
+            continue
+        if a.get("usage") is None or Decimal(str(a["usage"])) < Decimal(str(b["usage"])):
+            lost.append(f"{feature}: usage {b['usage']} -> {a.get('usage')}")
+    return lost
+
+
+def _summary(resp: Any) -> Any:
+    if resp is None:
+        return None
+    dump = getattr(resp, "model_dump", None)
+    if dump is None:
+        return resp
+    data: Any = dump(by_alias=True, mode="json", exclude_none=True)
+    if isinstance(data, dict) and "current" in data and "next" in data:
+        return {"current": _brief(data["current"]), "next": _brief(data["next"])}
+    return _brief(data)
+
+
+def _brief(d: Any) -> Any:
+    if not isinstance(d, dict):
+        return d
+    keys = ("id", "status", "plan", "activeFrom", "activeTo")
+    return {k: d[k] for k in keys if k in d}
+
+
+class Queries:
+    """Read-only views built on the same observation and planner as ``Engine.reconcile``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def preview(
+        self, customer: str, plan_key: str, plan_version: int | None = None
+    ) -> dict[str, Any]:
+        e = self.engine
+        target = await e.catalog.get(plan_key, plan_version)
+        now = await e.clock.now()
+        observed = await e.observer.observe(customer, now)
+        desired = Desired("preview", target.key, target.version, now)
+        result = plan(observed, desired, target, e.policy, now)
+        return preview_document(observed, result, target, now)
+
+    async def status(self, customer: str, *, audit_limit: int = 20) -> dict[str, Any]:
+        e = self.engine
+        now = await e.clock.now()
+        observed = await e.observer.observe(customer, now)
+        change = await e.store.desired_for(customer)
+        if change is None and observed.customer_key and observed.customer_key != customer:
+            change = await e.store.desired_for(observed.customer_key)
+        if change is None:
+            change = await e.store.desired_for(observed.customer_id)
+        convergence = "no_desired_state"
+        target_doc: dict[str, Any] | None = None
+        if change is not None:
+            target_doc = {
+                "change_id": change.id,
+                "plan": change.plan_key,
+                "plan_version": change.plan_version,
+                "status": change.status.value,
+                "requested_at": _iso(change.requested_at),
+                "effective_at": _iso(change.effective_at),
+                "converges_at": _iso(change.converges_at),
+                "last_error": change.last_error,
+            }
+            convergence = change.status.value
+            try:
+                target = await e.catalog.get(change.plan_key, change.plan_version)
+            except UnknownPlan as exc:
+                convergence = f"unknown plan: {exc}"
+            else:
+                result = plan(
+                    observed,
+                    change.to_desired(),
+                    target,
+                    e.policy,
+                    now,
+                    settled=change.status is ChangeStatus.CONVERGED,
+                )
+                convergence = result.state.value
+                target_doc["pending_actions"] = [a.request().as_dict() for a in result.actions]
+        audit = await e.store.list_audit(
+            customer=change.customer if change else customer, limit=audit_limit
+        )
+        cur = observed.current
+        return {
+            "customer": customer,
+            "customer_id": observed.customer_id,
+            "customer_key": observed.customer_key,
+            "observed_at": _iso(now),
+            "plan_on_record": str(cur.plan) if cur and cur.plan else None,
+            "subscription": subscription_view(cur, now),
+            "scheduled_successor": subscription_view(observed.successor, now),
+            "entitlements": values_view(observed.values),
+            "desired": target_doc,
+            "convergence": convergence,
+            "recent_audit": [
+                {
+                    "at": _iso(a.at),
+                    "kind": a.kind.value,
+                    "operation": a.operation,
+                    "method": a.method,
+                    "path": a.path,
+                    "status": a.status,
+                    "detail": a.detail,
+                }
+                for a in audit
+            ],
+        }

@@ -1,0 +1,86 @@
+"""Read one customer's state from OpenMeter into the planner's ``Observed``.
+
+Statuses come from OpenMeter (computed at its clock), so the reconciler and OpenMeter never
+disagree about whether a boundary has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import datetime
+
+from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription
+from reconciler.openmeter import mapping
+from reconciler.openmeter.client import OpenMeterClient
+from reconciler.openmeter.models import Subscription
+
+LIVE = ("active", "canceled")
+
+
+def _status(sub: Subscription) -> str:
+    return str(getattr(sub.status, "value", sub.status))
+
+
+def pick(subs: Iterable[Subscription]) -> tuple[Subscription | None, Subscription | None]:
+    """The customer's current subscription (active or canceled) and its scheduled successor."""
+    subs = list(subs)
+    live = sorted((s for s in subs if _status(s) in LIVE), key=lambda s: s.active_from)
+    current = live[-1] if live else None
+    scheduled = sorted((s for s in subs if _status(s) == "scheduled"), key=lambda s: s.active_from)
+    successor = None
+    if current is not None:
+        superseding = (current.annotations or {}).get("subscription.superseding.id")
+        successor = next((s for s in scheduled if s.id == superseding), None)
+        if successor is None and current.active_to is not None:
+            successor = next((s for s in scheduled if s.active_from >= current.active_to), None)
+    elif scheduled:
+        successor = scheduled[0]
+    return current, successor
+
+
+class Observer:
+    def __init__(self, client: OpenMeterClient) -> None:
+        self.client = client
+
+    async def observe(self, customer: str, now: datetime, *, values: bool = True) -> Observed:
+        cust = await self.client.get_customer(customer)
+        subs = await self.client.list_customer_subscriptions(cust.id)
+        current, successor = pick(subs)
+        cur_x, succ_x = await asyncio.gather(self._expanded(current), self._expanded(successor))
+        vals: dict[str, EntitlementValue] = {}
+        if values and cur_x is not None:
+            vals = await self.values(cust.id, metered_features(cur_x, now))
+        return Observed(
+            customer_id=cust.id,
+            customer_key=cust.key,
+            observed_at=now,
+            current=cur_x,
+            successor=succ_x,
+            values=vals,
+        )
+
+    async def _expanded(self, sub: Subscription | None) -> ObservedSubscription | None:
+        if sub is None:
+            return None
+        return mapping.to_observed_subscription(await self.client.get_subscription(sub.id))
+
+    async def values(
+        self, customer_id: str, features: Iterable[str]
+    ) -> dict[str, EntitlementValue]:
+        keys = sorted(set(features))
+        got = await asyncio.gather(
+            *(self.client.get_entitlement_value(customer_id, k) for k in keys)
+        )
+        return {k: mapping.to_entitlement_value(v) for k, v in zip(keys, got, strict=True)}
+
+
+def metered_features(sub: ObservedSubscription, now: datetime) -> list[str]:
+    phase = sub.phase_at(now) or (sub.phases[-1] if sub.phases else None)
+    if phase is None:
+        return []
+    return [
+        i.entitlement.feature_key
+        for i in phase.items
+        if i.entitlement is not None and i.entitlement.type == "metered"
+    ]
