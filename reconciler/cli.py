@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Check and explain the change policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+events_app = typer.Typer(help="Outbound events to the portal.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
 
 out = Console()
 err = Console(stderr=True)
@@ -351,6 +353,126 @@ def policy_explain(
     except PolicyError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from exc
+
+
+@app.command()
+def run() -> None:
+    """Run the service: webhooks, admin API, metrics and the reconcile loop (until SIGTERM)."""
+    from reconciler.service.server import serve
+
+    settings = _settings()
+    try:
+        serve(settings)
+    except PolicyError as exc:
+        err.print(f"[red]policy error:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+
+
+@app.command()
+def quote(
+    customer: Annotated[str, typer.Argument(help="OpenMeter customer id or key")],
+    plan: Annotated[
+        str | None, typer.Option("--plan", help="also quote a change to this plan")
+    ] = None,
+    plan_version: Annotated[int | None, typer.Option("--version", help="plan version")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="RFC 3339 time of the change (default now)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Expected charges of the current billing period, line by line (and with --plan, after a change)."""
+    from reconciler.engine.quote import Quoter, parse_at, render_quote
+
+    settings = _settings()
+    try:
+        when = parse_at(at)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT) from exc
+
+    async def go() -> dict[str, Any]:
+        from reconciler.runtime import open_runtime
+
+        async with open_runtime(settings) as rt:
+            return await Quoter(rt.engine).quote(
+                customer, plan_key=plan, plan_version=plan_version, at=when
+            )
+
+    doc = _run(go)
+    if as_json:
+        _print_json(doc)
+    else:
+        render_quote(out, doc)
+
+
+@events_app.command("list")
+def events_list(
+    status_filter: Annotated[
+        str | None, typer.Option("--status", help="pending|delivered|dead|disabled")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="rows")] = 50,
+) -> None:
+    """List outbound events."""
+    settings = _settings()
+
+    async def go() -> list[Any]:
+        from reconciler.store import Store
+
+        store = await Store.open(
+            settings.database_url.get_secret_value(), instance_id=settings.instance_id
+        )
+        try:
+            await store.migrate()
+            rows, _ = await store.list_events(status=status_filter, limit=limit)
+            return list(rows)
+        finally:
+            await store.close()
+
+    rows = _run(go)
+    t = Table(title="Outbound events")
+    for col in ("id", "type", "customer", "status", "attempts", "next attempt", "last error"):
+        t.add_column(col)
+    for e in rows:
+        t.add_row(
+            e.id,
+            e.type,
+            e.customer or "-",
+            e.status.value,
+            str(e.attempts),
+            str(e.next_attempt_at or "-"),
+            (e.last_error or "")[:50],
+        )
+    out.print(t)
+
+
+@events_app.command("redeliver")
+def events_redeliver(event_id: Annotated[str, typer.Argument(help="event id (evt_…)")]) -> None:
+    """Queue a dead or disabled event for delivery again."""
+    settings = _settings()
+
+    async def go() -> str | None:
+        from datetime import UTC, datetime
+
+        from reconciler.store import Store
+        from reconciler.store.errors import EventNotFoundError, InvalidTransitionError
+
+        store = await Store.open(
+            settings.database_url.get_secret_value(), instance_id=settings.instance_id
+        )
+        try:
+            await store.migrate()
+            await store.redeliver(event_id, datetime.now(UTC))
+        except (EventNotFoundError, InvalidTransitionError) as exc:
+            return str(exc)
+        finally:
+            await store.close()
+        return None
+
+    problem = _run(go)
+    if problem:
+        err.print(f"[red]{problem}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    out.print(f"event {event_id} queued for delivery")
 
 
 @app.command()
