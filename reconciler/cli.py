@@ -380,7 +380,7 @@ def quote(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Expected charges of the current billing period, line by line (and with --plan, after a change)."""
+    """Expected charges of the current billing period, line by line (--plan: after a change)."""
     from reconciler.engine.quote import Quoter, parse_at, render_quote
 
     settings = _settings()
