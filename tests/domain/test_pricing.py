@@ -346,3 +346,19 @@ def test_flat_price_defaults_to_in_advance_and_drops_zero() -> None:
     p = parse_price(flat("10"))
     assert p.payment_term == "in_advance"  # type: ignore[union-attr]
     assert evaluate_price(flat("0.004"), None, "USD").components == ()
+
+
+def test_matches_openmeter_graduated_fixture() -> None:
+    """``pricegraduatedtiered_test.go`` "tiered graduated, single period multiple tier usage"."""
+    price = tiered(
+        "graduated", ("5", "100", "0"), ("10", "50", None), ("15", None, "5"), (None, None, "1")
+    )
+    r = evaluate_price(price, D("22"), "USD")
+    assert [(c.reference, c.quantity, c.unit_amount) for c in r.components] == [
+        ("graduated-tiered-1-price-usage", D("5"), D("0")),
+        ("graduated-tiered-1-flat-price", D("1"), D("100")),
+        ("graduated-tiered-2-flat-price", D("1"), D("50")),
+        ("graduated-tiered-3-price-usage", D("5"), D("5")),
+        ("graduated-tiered-4-price-usage", D("7"), D("1")),
+    ]
+    assert r.amount == D("182.00")
