@@ -56,11 +56,31 @@ class Step:
 
 
 class Story:
-    def __init__(self, rt: Runtime, control: httpx.AsyncClient) -> None:
+    """Drives one customer through changes against the emulator (also used by the e2e tests)."""
+
+    def __init__(self, rt: Runtime, control: httpx.AsyncClient, customer: str = CUSTOMER) -> None:
         self.rt = rt
         self.control = control
+        self.customer = customer
         self.steps: list[Step] = []
         self._seq = 0
+
+    async def onboard(self, plan: str, anchor: datetime) -> None:
+        """Create the customer (subject = its key) with a subscription on ``plan``."""
+        await self.rt.client.create_customer(
+            {
+                "key": self.customer,
+                "name": self.customer.upper(),
+                "usageAttribution": {"subjectKeys": [self.customer]},
+            }
+        )
+        await self.rt.client.create_subscription(
+            {
+                "customerKey": self.customer,
+                "plan": {"key": plan},
+                "billingAnchor": anchor.isoformat(),
+            }
+        )
 
     async def now(self) -> datetime:
         return await self.rt.clock.now()
@@ -76,10 +96,10 @@ class Story:
             [
                 {
                     "specversion": "1.0",
-                    "id": f"demo-{self._seq}",
+                    "id": f"demo-{self.customer}-{self._seq}",
                     "source": "demo",
                     "type": "api_call",
-                    "subject": CUSTOMER,
+                    "subject": self.customer,
                     "time": (now - timedelta(seconds=30)).isoformat(),
                     "data": {"credits": credits},
                 }
@@ -87,19 +107,18 @@ class Story:
         )
 
     async def value(self) -> tuple[int, int]:
-        v = await self.rt.client.get_entitlement_value(CUSTOMER, FEATURE)
+        v = await self.rt.client.get_entitlement_value(self.customer, FEATURE)
         return int(v.usage or 0), int(v.balance or 0)
 
     async def subs(self) -> tuple[Any, Any]:
         from reconciler.engine.observe import pick
 
-        return pick(await self.rt.client.list_customer_subscriptions(CUSTOMER))
+        return pick(await self.rt.client.list_customer_subscriptions(self.customer))
 
     async def mutations(self) -> dict[str, int]:
         r = await self.control.get("/_emulator/requests")
         r.raise_for_status()
-        data = r.json()
-        rows = data.get("items", data) if isinstance(data, dict) else data
+        rows = r.json()["requests"]
         counts: dict[str, int] = {}
         for row in rows:
             path = str(row["path"])
@@ -109,16 +128,26 @@ class Story:
             counts[kind] = counts.get(kind, 0) + 1
         return counts
 
-    async def change(self, plan: str) -> Any:
+    async def request(self, plan: str) -> Any:
+        """Store a change request (as a webhook would) without working on it."""
         now = await self.now()
         self._seq += 1
-        await self.rt.store.submit_change(
-            CUSTOMER, plan, None, now, ChangeSource.CLI, f"demo-{self._seq}", now
+        return await self.rt.store.submit_change(
+            self.customer,
+            plan,
+            None,
+            now,
+            ChangeSource.CLI,
+            f"demo-{self.customer}-{self._seq}",
+            now,
         )
-        return await self.rt.engine.reconcile(CUSTOMER)
+
+    async def change(self, plan: str) -> Any:
+        await self.request(plan)
+        return await self.rt.engine.reconcile(self.customer)
 
     async def reconcile(self) -> Any:
-        return await self.rt.engine.reconcile(CUSTOMER)
+        return await self.rt.engine.reconcile(self.customer)
 
     def step(self, title: str) -> Step:
         s = Step(title)
@@ -127,16 +156,14 @@ class Story:
 
 
 async def _story(s: Story) -> None:
-    rt = s.rt
     await s.set_clock(START)
-    await rt.client.create_customer(
-        {"key": CUSTOMER, "name": "ACME Inc.", "usageAttribution": {"subjectKeys": [CUSTOMER]}}
-    )
-    await rt.client.create_subscription(
-        {"customerKey": CUSTOMER, "plan": {"key": "free"}, "billingAnchor": START.isoformat()}
-    )
+    # Publish the catalog at the story's start time (plans are active from their publication).
+    (await s.control.post("/_emulator/reset", json={})).raise_for_status()
+    await s.onboard("free", START)
     await s.set_clock(START + timedelta(days=9))
     await s.use(3)
+    # From here on the emulator's request log holds only what the reconciler does.
+    (await s.control.delete("/_emulator/requests")).raise_for_status()
 
     st = s.step("1. ACME on free uses 3 credits")
     usage, balance = await s.value()
@@ -240,7 +267,7 @@ async def _main(console: Console, catalog: Path, policy: Path) -> bool:
 
     with (
         tempfile.TemporaryDirectory(prefix="reconciler-demo-") as tmp,
-        EmulatorServer(catalog=str(catalog)) as em,
+        EmulatorServer(catalog=catalog) as em,
     ):
         settings = Settings(
             openmeter_url=em.url,
