@@ -253,6 +253,11 @@ class Claim:
         self.desired_change_id = row.desired_change_id
         self.next_check_at = row.next_check_at
 
+    def is_due(self, now: datetime) -> bool:
+        """Whether the customer was due at ``now`` when claimed. A name from ``claim_due`` may
+        have been handled by another worker between that call and ``claim()``: check this."""
+        return self.next_check_at is not None and self.next_check_at <= now
+
     async def reschedule(self, at: datetime | None) -> None:
         """Set when the worker should look at this customer next (None: nothing due).
 
@@ -327,6 +332,8 @@ class Leadership:
 
     async def check(self) -> bool:
         """Re-validate leadership (connection still alive) or retry acquiring it."""
+        if self._store._closed:
+            return False
         if self._store._sqlite:
             return True
         if self._held and self._conn is not None:
@@ -365,6 +372,7 @@ class Leadership:
 
     async def _release(self) -> None:
         if self._store._sqlite:
+            self._held = False
             return
         if self._conn is not None and self._held:
             with contextlib.suppress(Exception):
@@ -399,6 +407,7 @@ class Store:
         self._sqlite = is_sqlite(url)
         self._write_lock = asyncio.Lock()  # SQLite: one writer at a time (whole process)
         self._sqlite_claims: set[str] = set()
+        self._leaderships: set[Leadership] = set()
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -448,6 +457,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        for handle in list(self._leaderships):
+            await handle._release()  # dispose() would leave checked-out connections open
         await self._engine.dispose()
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
@@ -1037,11 +1048,13 @@ class Store:
         """Singleton duty. ``handle.held`` tells whether this process is the leader now; call
         ``await handle.check()`` before each round to re-validate or retry acquisition."""
         handle = Leadership(self, name)
+        self._leaderships.add(handle)
         if not self._sqlite:
             await handle._try_acquire()
         try:
             yield handle
         finally:
+            self._leaderships.discard(handle)
             await handle._release()
 
     # -- audit --------------------------------------------------------------------------------
