@@ -177,6 +177,7 @@ def test_env_values_and_policy_defaults(render: RenderFn) -> None:
     }
     policy = yaml.safe_load(r.one("ConfigMap")["data"]["policy.yaml"])
     assert policy == {
+        "version": 1,
         "ladder": ["free", "starter", "pro"],
         "defaults": {"upgrade": "immediate", "downgrade": "next_billing_cycle"},
     }
