@@ -623,17 +623,15 @@ class OpenMeterClient:
         self,
         key: str | Sequence[str] | None = None,
         status: str | Sequence[str] | None = None,
-        *,
-        key_version: Mapping[str, int | Sequence[int]] | None = None,
     ) -> list[PlanModel]:
+        """All plans (every page). Without ``status`` OpenMeter applies no status filter
+        (drafts, active, scheduled and archived versions alike — beta.227
+        ``openmeter/productcatalog/plan/adapter/plan.go`` ``ListPlans``)."""
         params: dict[str, Any] = {}
         if key is not None:
             params["key"] = _list_param(key)
         if status is not None:
             params["status"] = _list_param(status)
-        for k, versions in (key_version or {}).items():
-            vs = [versions] if isinstance(versions, int) else list(versions)
-            params[f"keyVersion[{k}]"] = [str(v) for v in vs]
         result: list[PlanModel] = await self._all("list_plans", "/api/v1/plans", PlanModel, params)
         return result
 
@@ -647,9 +645,14 @@ class OpenMeterClient:
         return result
 
     async def get_plan_version(self, key: str, version: int) -> PlanModel:
-        """``key@version`` whatever its status, via ``keyVersion[key]=version``."""
-        plans = await self.list_plans(key_version={key: version})
-        for p in plans:
+        """``key@version`` whatever its status (``NotFound`` if there is none).
+
+        Uses the ``key`` list filter and picks the version here. The ``keyVersion[key]``
+        deepObject filter is not used: OpenMeter binds it with oapi-codegen's deepObject
+        decoder into ``map[string][]int``, which wants indexed keys (``keyVersion[k][0]=v``),
+        while the spec declares it non-exploded, so no encoding is valid for both.
+        """
+        for p in await self.list_plans(key=key):
             if p.key == key and p.version == version:
                 return p
         raise NotFound(

@@ -51,9 +51,14 @@ from reconciler.openmeter.models import (
 )
 
 _INTERVALS = {"DAY": "P1D", "WEEK": "P1W", "MONTH": "P1M", "YEAR": "P1Y"}
-# Keys OpenMeter requires on a rate card even when null (api/openapi.yaml RateCardFlatFee /
-# RateCardUsageBased ``required``), kept in ``raw`` so it can be sent back in ``add_item``.
-_RATE_CARD_REQUIRED_NULLABLE = ("billingCadence", "price")
+# Which ``null``s OpenMeter writes in a rate card. Its Go API structs (beta.227
+# ``api/api.gen.go``) serialise these without ``omitempty``, so a plan answer carries them as
+# ``null`` and the spec marks them required-and-nullable; every other optional field is
+# ``omitempty`` (never ``null`` on the wire, and *not* nullable in the spec: kin-openapi would
+# reject a ``null`` there). ``rate_card_raw`` keeps exactly these and drops other ``null``s.
+_CARD_NULLS = frozenset({"price", "billingCadence", "metadata"})  # RateCardFlatFee/UsageBased
+_TIER_NULLS = frozenset({"flatPrice", "unitPrice"})  # PriceTier
+_CARD_REQUIRED_NULLABLE = ("billingCadence", "price")
 
 
 def _json(model: WireModel | None) -> dict[str, Any] | None:
@@ -80,10 +85,40 @@ def usage_period_iso(interval: str | None, interval_iso: str | None = None) -> s
     return _INTERVALS.get(interval.upper(), interval)
 
 
+def _drop_nulls(value: Any, keep: frozenset[str] = frozenset()) -> Any:
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None or k in keep}
+    return value
+
+
 def rate_card_raw(card: RateCardBase) -> dict[str, Any]:
-    """The rate card's JSON as OpenMeter sent it (by alias, only the keys it sent)."""
-    raw = card.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    for k in _RATE_CARD_REQUIRED_NULLABLE:
+    """The rate card's JSON as OpenMeter writes it, ready to send back in ``add_item``.
+
+    Dumped by alias with only the fields that were present (unknown ones included), ``null``
+    kept where OpenMeter writes ``null`` and dropped where OpenMeter would omit the field.
+    """
+    dumped = card.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    raw: dict[str, Any] = {}
+    for k, v in dumped.items():
+        if v is None:
+            if k in _CARD_NULLS:
+                raw[k] = None
+        elif k == "price" and isinstance(v, dict):
+            price = _drop_nulls({pk: pv for pk, pv in v.items() if pk != "tiers"})
+            if "tiers" in v:
+                price["tiers"] = [
+                    {
+                        **_drop_nulls(t, _TIER_NULLS),
+                        **{tk: t.get(tk) for tk in _TIER_NULLS},
+                    }
+                    for t in v["tiers"]
+                ]
+            raw[k] = price
+        else:
+            raw[k] = _drop_nulls(v)
+    for k in _CARD_REQUIRED_NULLABLE:
         raw.setdefault(k, None)
     return raw
 
