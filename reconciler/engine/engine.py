@@ -625,6 +625,22 @@ def _brief(d: Any) -> Any:
     return {k: d[k] for k in keys if k in d}
 
 
+async def _charges(
+    engine: Engine, observed: Observed, result: PlanResult, target: Plan, now: datetime
+) -> dict[str, Any]:
+    """The preview's ``charges``: this period's quote now and with the change, and the
+    difference (``reconciler.engine.quote``); ``{"error": ...}`` when it cannot be quoted."""
+    from reconciler.engine.quote import QuoteError, Quoter, charges_document
+
+    if observed.current is None:
+        return {"error": "no current subscription: nothing to quote"}
+    try:
+        charges = await Quoter(engine).charges(observed, result, target, now)
+    except QuoteError as exc:
+        return {"error": str(exc)}
+    return charges_document(charges)
+
+
 class Queries:
     """Read-only views built on the same observation and planner as ``Engine.reconcile``."""
 
@@ -640,7 +656,9 @@ class Queries:
         observed = await e.observer.observe(customer, now)
         desired = Desired("preview", target.key, target.version, now)
         result = plan(observed, desired, target, e.policy, now)
-        return preview_document(observed, result, target, now)
+        doc = preview_document(observed, result, target, now)
+        doc["charges"] = await _charges(e, observed, result, target, now)
+        return doc
 
     async def status(self, customer: str, *, audit_limit: int = 20) -> dict[str, Any]:
         e = self.engine
