@@ -638,6 +638,8 @@ async def _charges(
         charges = await Quoter(engine).charges(observed, result, target, now)
     except QuoteError as exc:
         return {"error": str(exc)}
+    except OpenMeterError as exc:  # e.g. a meter query refused: the dry run still answers
+        return {"error": f"cannot read usage from OpenMeter: {exc.detail or exc}"}
     return charges_document(charges)
 
 
