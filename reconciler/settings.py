@@ -1,9 +1,11 @@
 """Process settings, read from ``RECONCILER_*`` environment variables and a secrets directory.
 
-Secrets (tokens, signing secrets, database URL) may also be mounted as files: a file named like
-the variable (``RECONCILER_ADMIN_TOKEN``) or like the field (``admin_token``) in
-``RECONCILER_SECRETS_DIR`` (default ``/run/secrets/reconciler``). Environment variables win over
-files, which is pydantic-settings' order.
+Secrets (tokens, signing secrets, database URL) may also be mounted as files in
+``RECONCILER_SECRETS_DIR`` (default ``/run/secrets/reconciler``), one file per setting, named
+like the environment variable in any case (``reconciler_admin_token`` or
+``RECONCILER_ADMIN_TOKEN``); pydantic-settings ignores a file named after the bare field. The
+Helm chart mounts them that way and a chart test loads them through ``load_settings``.
+Environment variables win over files, which is pydantic-settings' order.
 """
 
 from __future__ import annotations
