@@ -23,6 +23,10 @@ class StoreUnavailable(StoreError):
         self.ambiguous = ambiguous
 
 
+class StoreConflictError(StoreError):
+    """A write violated a constraint (e.g. an event id that already exists)."""
+
+
 class NotFoundError(StoreError, KeyError):
     """The requested row does not exist."""
 

@@ -39,6 +39,7 @@ from reconciler.store.errors import (
     InvalidCursorError,
     InvalidTransitionError,
     StaleChangeError,
+    StoreConflictError,
     StoreError,
     StoreLockedError,
     StoreUnavailable,
@@ -224,6 +225,13 @@ def _is_transient(err: BaseException, sqlite: bool) -> bool:
     return isinstance(err, ConnectionError | TimeoutError | OSError)
 
 
+def _translate(err: exc.DBAPIError) -> StoreError:
+    """A non-transient database error as a store error (callers never see SQLAlchemy's)."""
+    if isinstance(err, exc.IntegrityError):
+        return StoreConflictError(f"constraint violated: {err.orig}")
+    return StoreError(f"database error: {err.orig}")
+
+
 # ---------------------------------------------------------------------------------------------
 # claims and leadership
 
@@ -313,7 +321,7 @@ class Claim:
             except exc.DBAPIError as e:
                 if _is_transient(e, False):
                     raise StoreUnavailable(f"claim connection lost: {e.orig}") from e
-                raise
+                raise _translate(e) from e
 
 
 class Leadership:
@@ -514,12 +522,13 @@ class Store:
                     await conn.run_sync(upgrade)
                     await conn.commit()
                 finally:
+                    await conn.rollback()  # no-op after success; clears a failed transaction
                     await conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
                     await conn.commit()
         except exc.DBAPIError as e:
             if _is_transient(e, self._sqlite):
                 raise StoreUnavailable(f"migration failed: database unavailable: {e.orig}") from e
-            raise
+            raise _translate(e) from e
 
     async def is_migrated(self) -> bool:
         """True when the database is at the newest revision shipped with this code."""
@@ -566,7 +575,7 @@ class Store:
                     return result
             except exc.DBAPIError as e:
                 if not _is_transient(e, self._sqlite):
-                    raise
+                    raise _translate(e) from e
                 err: BaseException = e
             except (ConnectionError, TimeoutError) as e:
                 err = e
@@ -703,8 +712,8 @@ class Store:
             return await claim._run(op)
         for attempt in range(3):
             try:
-                return await self._tx(op, write=True)
-            except exc.IntegrityError:
+                return await self._tx(op, write=True, idempotent=source_id is not None)
+            except StoreConflictError:
                 # Two replicas inserted the same (source, source_id) or the same new customer at
                 # once: the retry sees the winner's row.
                 if attempt == 2:
@@ -1015,7 +1024,7 @@ class Store:
             except exc.DBAPIError as e:
                 if _is_transient(e, False):
                     raise StoreUnavailable(f"database unavailable: {e.orig}") from e
-                raise
+                raise _translate(e) from e
             if locked is None:
                 await conn.rollback()
                 yield None
@@ -1025,8 +1034,13 @@ class Store:
             try:
                 yield claim
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await conn.rollback()
+                # Writes made through the claim (reschedule, routed submits) were reported as
+                # done: keep them, as on SQLite where they commit at once. Best effort.
+                try:
+                    await conn.commit()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
                 raise
             finally:
                 _HELD_CLAIMS.reset(token)
@@ -1037,7 +1051,7 @@ class Store:
                     raise StoreUnavailable(
                         f"claim connection lost before commit: {e.orig}", ambiguous=True
                     ) from e
-                raise
+                raise _translate(e) from e
         finally:
             await conn.close()
 

@@ -17,6 +17,7 @@ from reconciler.store import (
     NewEvent,
     StaleChangeError,
     Store,
+    StoreConflictError,
 )
 from reconciler.store.schema import change_requests, outbox_events
 
@@ -150,7 +151,7 @@ async def test_outbox_is_written_atomically_with_update(store: Store) -> None:
     assert [(e.id, e.change_id, e.customer) for e in events] == [("evt_fixed", c.id, "acme")]
 
     # an event that cannot be written (duplicate id) rolls the change update back too
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(StoreConflictError):
         await store.update_change(
             c.id,
             status="converged",

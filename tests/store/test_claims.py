@@ -61,10 +61,13 @@ async def test_claim_released_when_block_raises(store: Store) -> None:
     async def failing_pass() -> None:
         async with store.claim("acme") as claim:
             assert claim is not None
+            await claim.reschedule(T0 + 2 * H)  # e.g. a backoff set before the failure
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
         await failing_pass()
+    row = await store.get_customer("acme")
+    assert row is not None and row.next_check_at == T0 + 2 * H  # the claim's write was kept
     async with store.claim("acme") as claim:
         assert claim is not None
 

@@ -7,7 +7,13 @@ import pytest
 import sqlalchemy as sa
 from conftest import T0, Clock
 
-from reconciler.store import Store, StoreLockedError, StoreUnavailable, normalize_url
+from reconciler.store import (
+    Store,
+    StoreError,
+    StoreLockedError,
+    StoreUnavailable,
+    normalize_url,
+)
 
 
 def test_url_normalisation() -> None:
@@ -23,6 +29,8 @@ async def test_migrate_is_idempotent_and_is_migrated(db_url: str, clock: Clock) 
     s = await Store.open(db_url, instance_id="m", clock=clock)
     try:
         assert await s.is_migrated() is False
+        with pytest.raises(StoreError, match="database error"):
+            await s.get_change("x")  # not migrated: a store error, not a driver exception
         await s.migrate()
         assert await s.is_migrated() is True
         await s.migrate()  # second run: nothing to do, no error, still at head
