@@ -1,0 +1,439 @@
+"""The reconcile loop of ``reconciler run``: a work queue woken by requests, due-work polling,
+and (on the leader replica) sweeps over OpenMeter's customers.
+
+* **Requests** (webhooks, admin API) call :meth:`Worker.kick` after the change is stored: the
+  customer is reconciled at once, not at the next poll.
+* **Due work** (retries with backoff, changes waiting for a billing boundary) is polled every
+  ``due_poll_seconds`` with ``store.claim_due(now)``.
+* **Sweeps** (leader only, every ``sweep_interval_seconds``) list OpenMeter's customers page by
+  page and reconcile those whose desired state is not what OpenMeter shows (a change made by hand,
+  a boundary passed while the reconciler was down, a scheduled change that vanished). The nightly
+  full sweep also adopts customers without desired state from the tags OpenMeter holds.
+
+Every reconcile goes through ``Engine.reconcile``, which claims the customer in the store, so one
+customer is never worked on twice at once, in this process or across replicas. The schedule lives
+in memory (APScheduler) and is rebuilt at start; everything durable is in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from reconciler.engine.observe import pick
+from reconciler.logs import bound, get_logger
+from reconciler.openmeter.models import Customer, Subscription
+from reconciler.runtime import Runtime
+from reconciler.service.metrics import Metrics
+from reconciler.store import ChangeRecord, ChangeStatus, Leadership
+
+log = get_logger("reconciler.service.worker")
+
+SWEEP_PAGE_SIZE = 500
+ERROR_BACKOFF_S = (1.0, 60.0)  # in-memory backoff for a customer whose reconcile raised
+
+
+def _plan_of(sub: Subscription | None) -> tuple[str, int] | None:
+    if sub is None or sub.plan is None:
+        return None
+    return sub.plan.key, sub.plan.version
+
+
+def _matches(change: ChangeRecord, sub: Subscription | None) -> bool:
+    got = _plan_of(sub)
+    if got is None or got[0] != change.plan_key:
+        return False
+    return change.plan_version is None or got[1] == change.plan_version
+
+
+def needs_reconcile(change: ChangeRecord, subs: Sequence[Subscription], now: datetime) -> bool:
+    """Cheap check on the flat subscription list of ``GET /customers?expand=subscriptions``:
+    does OpenMeter differ from what the change request wants (or is it not settled yet)?"""
+    if change.status in (ChangeStatus.FAILED, ChangeStatus.SUPERSEDED):
+        return False
+    if change.status is ChangeStatus.PENDING:
+        return True
+    current, successor = pick(subs)
+    if change.status is ChangeStatus.CONVERGED:
+        if current is None or not _matches(change, current):
+            return True  # the plan on record was changed by hand (or the subscription is gone)
+        if str(current.status) != "active":
+            return True  # canceled by hand
+        # a change scheduled by hand after we converged
+        return successor is not None and not _matches(change, successor)
+    # applied / scheduled: waiting for a billing boundary
+    if change.converges_at is not None and change.converges_at <= now:
+        return True  # the boundary passed (perhaps while we were down)
+    if _matches(change, successor):
+        return False
+    return not (_matches(change, current) and successor is None)
+
+
+class Worker:
+    def __init__(
+        self,
+        rt: Runtime,
+        metrics: Metrics,
+        *,
+        refresh_seconds: float = 5.0,
+        sweep_at_start: bool = True,
+    ) -> None:
+        s = rt.settings
+        self.rt = rt
+        self.metrics = metrics
+        self.refresh_seconds = refresh_seconds
+        self.sweep_at_start = sweep_at_start
+        self.concurrency = s.concurrency
+        self._sem = asyncio.Semaphore(s.concurrency)
+        self._wake = asyncio.Event()
+        self._kicked: dict[str, None] = {}
+        self._inflight: dict[str, asyncio.Task[str | None]] = {}
+        self._rerun: set[str] = set()
+        self._backoff: dict[str, tuple[float, float]] = {}  # customer -> (not before, delay)
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._scheduler: AsyncIOScheduler | None = None
+        self._leader_cm: AbstractAsyncContextManager[Leadership] | None = None
+        self.leadership: Leadership | None = None
+        self._leader_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def start(self) -> None:
+        s = self.rt.settings
+        self._leader_cm = self.rt.store.leader("sweep")
+        self.leadership = await self._leader_cm.__aenter__()
+        self.metrics.leader.labels("sweep").set(1 if self.leadership.held else 0)
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="reconcile-dispatch")
+        sched = self._scheduler = AsyncIOScheduler(timezone=UTC)
+        sched.add_job(
+            self._poll_due,
+            IntervalTrigger(seconds=s.due_poll_seconds),
+            id="due",
+            next_run_time=datetime.now(UTC),
+            coalesce=True,
+            max_instances=1,
+        )
+        first_sweep: dict[str, Any] = (
+            {"next_run_time": datetime.now(UTC)} if self.sweep_at_start else {}
+        )
+        sched.add_job(
+            self._spawn_job,
+            IntervalTrigger(seconds=s.sweep_interval_seconds),
+            args=["sweep"],
+            id="sweep",
+            coalesce=True,
+            max_instances=1,
+            **first_sweep,
+        )
+        sched.add_job(
+            self._spawn_job,
+            CronTrigger(hour=s.full_sweep_hour_utc, minute=0, timezone=UTC),
+            args=["full_sweep"],
+            id="full_sweep",
+            coalesce=True,
+            max_instances=1,
+        )
+        sched.add_job(
+            self._spawn_job,
+            IntervalTrigger(seconds=self.refresh_seconds),
+            args=["refresh"],
+            id="refresh",
+            next_run_time=datetime.now(UTC),
+            coalesce=True,
+            max_instances=1,
+        )
+        sched.start()
+        log.info(
+            "worker_started",
+            instance=s.instance_id,
+            leader=self.leadership.held,
+            concurrency=s.concurrency,
+            sweep_interval_seconds=s.sweep_interval_seconds,
+            due_poll_seconds=s.due_poll_seconds,
+            full_sweep_hour_utc=s.full_sweep_hour_utc,
+        )
+
+    def begin_shutdown(self) -> None:
+        """Stop taking work (called from the signal handler, before HTTP has drained)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Stop taking work, let work in flight finish for ``drain_seconds``, then cancel it.
+
+        A cancelled reconcile releases its claim (PostgreSQL: the row lock's transaction is
+        rolled back; SQLite: the in-process flag is cleared) and the customer stays due, so the
+        next start (or another replica) picks it up; the engine re-observes before acting.
+        """
+        self.begin_shutdown()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        pending: set[asyncio.Task[Any]] = {*self._inflight.values(), *self._jobs.values()}
+        if pending:
+            log.info("draining", in_flight=sorted(self._inflight), jobs=sorted(self._jobs))
+            _, still = await asyncio.wait(pending, timeout=drain_seconds)
+            if still:
+                log.warning(
+                    "drain_timeout_cancelling",
+                    in_flight=sorted(self._inflight),
+                    drain_seconds=drain_seconds,
+                )
+                for t in still:
+                    t.cancel()
+                await asyncio.gather(*still, return_exceptions=True)
+        if self._leader_cm is not None:
+            await self._leader_cm.__aexit__(None, None, None)
+            self._leader_cm = None
+        self.metrics.leader.labels("sweep").set(0)
+        log.info("worker_stopped")
+
+    # -- work queue --------------------------------------------------------------------------
+
+    def kick(self, customer: str) -> None:
+        """Reconcile this customer as soon as possible (its change is already stored)."""
+        if self._stopping:
+            return
+        self._kicked[customer] = None
+        self._wake.set()
+
+    async def _poll_due(self) -> None:
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            names = list(self._kicked)
+            self._kicked.clear()
+            for name in names:
+                self._start(name, "request")
+            room = max(0, 2 * self.concurrency - len(self._inflight))
+            if room == 0:
+                continue
+            try:
+                now = await self.rt.clock.now()
+                due = await self.rt.store.claim_due(now, limit=room)
+            except Exception as exc:  # the store or the clock is down: try at the next poll
+                log.warning("due_poll_failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            mono = time.monotonic()
+            for name in due:
+                until = self._backoff.get(name)
+                if until is not None and until[0] > mono:
+                    continue
+                self._start(name, "due")
+
+    def _start(self, customer: str, trigger: str) -> asyncio.Task[str | None]:
+        task = self._inflight.get(customer)
+        if task is not None:
+            if trigger != "sweep":
+                self._rerun.add(customer)  # asked for again while running: once more after
+            return task
+        task = asyncio.create_task(self._run(customer, trigger), name=f"reconcile:{customer}")
+        self._inflight[customer] = task
+        task.add_done_callback(functools.partial(self._done, customer))
+        return task
+
+    def _done(self, customer: str, _task: asyncio.Task[str | None]) -> None:
+        self._inflight.pop(customer, None)
+        if customer in self._rerun:
+            self._rerun.discard(customer)
+            if not self._stopping:
+                self._start(customer, "request")
+
+    async def _run(self, customer: str, trigger: str) -> str | None:
+        async with self._sem:
+            if self._stopping:
+                return None
+            try:
+                outcome = await self.rt.engine.reconcile(customer)
+            except asyncio.CancelledError:
+                with bound(customer=customer):
+                    log.warning("reconcile_cancelled", trigger=trigger)
+                raise
+            except Exception as exc:
+                prev = self._backoff.get(customer, (0.0, ERROR_BACKOFF_S[0] / 2))[1]
+                delay = min(ERROR_BACKOFF_S[1], prev * 2)
+                self._backoff[customer] = (time.monotonic() + delay, delay)
+                self.metrics.reconciles.labels(trigger, "error").inc()
+                with bound(customer=customer):
+                    log.error(
+                        "reconcile_error",
+                        trigger=trigger,
+                        error=f"{type(exc).__name__}: {exc}",
+                        retry_in_s=delay,
+                    )
+                return "error"
+            self._backoff.pop(customer, None)
+            self.metrics.reconciles.labels(trigger, outcome.state).inc()
+            if outcome.state == "busy":
+                with bound(customer=customer):
+                    log.debug("reconcile_busy", trigger=trigger)
+            else:
+                with bound(customer=customer, change=outcome.change_id):
+                    log.info(
+                        "reconcile_done",
+                        trigger=trigger,
+                        state=outcome.state,
+                        status=outcome.status,
+                        applied=[a["action"] for a in outcome.applied],
+                        error=outcome.error,
+                    )
+            return outcome.state
+
+    async def reconcile(self, customer: str, trigger: str = "admin") -> str | None:
+        """Reconcile one customer now (joins a reconcile already running for it)."""
+        return await self._start(customer, trigger)
+
+    # -- periodic jobs -----------------------------------------------------------------------
+
+    async def _spawn_job(self, name: str) -> None:
+        self.spawn_job(name)
+
+    def spawn_job(self, name: str) -> asyncio.Task[None] | None:
+        """Start a job (``sweep``, ``full_sweep``, ``refresh``) unless it is already running."""
+        if self._stopping:
+            return None
+        running = self._jobs.get(name)
+        if running is not None and not running.done():
+            log.debug("job_still_running", job=name)
+            return running
+        coro = self.refresh() if name == "refresh" else self._sweep_job(full=name == "full_sweep")
+        task = asyncio.create_task(coro, name=f"job:{name}")
+        self._jobs[name] = task
+        task.add_done_callback(functools.partial(self._job_done, name))
+        return task
+
+    def _job_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._jobs.get(name) is task:
+            del self._jobs[name]
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+
+    async def _sweep_job(self, *, full: bool) -> None:
+        await self.sweep(full=full)
+
+    async def check_leader(self) -> bool:
+        if self.leadership is None or self._stopping:
+            return False
+        async with self._leader_lock:
+            held = await self.leadership.check()
+        self.metrics.leader.labels("sweep").set(1 if held else 0)
+        return held
+
+    async def refresh(self) -> None:
+        """Store-derived gauges: changes and events by status, queue depth, leadership."""
+        store = self.rt.store
+        try:
+            changes = await store.count_changes_by_status()
+            events = await store.count_events_by_status()
+            now = await self.rt.clock.now()
+            depth = len(await store.due_customers(now, limit=10_000))
+        except Exception as exc:
+            log.warning("metrics_refresh_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self.metrics.set_counts(changes, events)
+        self.metrics.queue_depth.set(depth)
+        await self.check_leader()
+
+    async def sweep(self, *, full: bool = False) -> dict[str, int]:
+        """One pass over OpenMeter's customers (leader only). Returns counts by result."""
+        kind = "full_sweep" if full else "sweep"
+        counts: dict[str, int] = {}
+        if not await self.check_leader():
+            log.debug("sweep_skipped_not_leader", kind=kind)
+            return counts
+        started = time.perf_counter()
+        log.info("sweep_started", kind=kind)
+        batch: list[Customer] = []
+        try:
+            async for cust in self.rt.client.iter_customers(
+                page_size=SWEEP_PAGE_SIZE, expand_subscriptions=True
+            ):
+                if self._stopping:
+                    break
+                batch.append(cust)
+                if len(batch) >= SWEEP_PAGE_SIZE:
+                    await self._sweep_batch(batch, full, counts)
+                    batch = []  # bounded memory: one page at a time
+            if batch and not self._stopping:
+                await self._sweep_batch(batch, full, counts)
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.sweep_seconds.labels(kind).observe(elapsed)
+            log.info("sweep_finished", kind=kind, seconds=round(elapsed, 3), **counts)
+        return counts
+
+    async def _sweep_batch(
+        self, batch: Iterable[Customer], full: bool, counts: dict[str, int]
+    ) -> None:
+        kind = "full_sweep" if full else "sweep"
+        now = await self.rt.clock.now()
+        store = self.rt.store
+        check_sem = asyncio.Semaphore(self.concurrency)
+
+        def count(result: str) -> None:
+            counts[result] = counts.get(result, 0) + 1
+            self.metrics.sweep_customers.labels(kind, result).inc()
+
+        async def one(cust: Customer) -> None:
+            async with check_sem:
+                if self._stopping:
+                    return
+                change: ChangeRecord | None = None
+                for ref in dict.fromkeys(r for r in (cust.key, cust.id) if r):
+                    change = await store.desired_for(ref)
+                    if change is not None:
+                        break
+                if change is None:
+                    if not full:
+                        count("no_desired_state")
+                        return
+                    ref = cust.key or cust.id
+                    try:
+                        adopted = await self.rt.engine.adopt(ref)
+                    except Exception as exc:
+                        with bound(customer=ref):
+                            log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")
+                        count("error")
+                        return
+                    if adopted is None:
+                        count("untagged")
+                        return
+                    count("adopted")
+                    change = adopted
+                elif not needs_reconcile(change, cust.subscriptions or [], now):
+                    count("in_sync")
+                    return
+                else:
+                    with bound(customer=change.customer, change=change.id):
+                        log.info("sweep_found_difference", status=change.status.value)
+                    count("reconciled")
+            await self._start(change.customer, "sweep")
+
+        await asyncio.gather(*(one(c) for c in batch))
