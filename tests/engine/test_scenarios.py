@@ -1,0 +1,211 @@
+"""Every behaviour of the plan-change engine, end to end on the emulator over HTTP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from conftest import START, make_settings
+from helpers import mutations, onboard, plan_key
+
+from reconciler.demo import Story
+from reconciler.domain.model import META_CHANGE, META_PLAN
+from reconciler.emulator.server import EmulatorServer
+from reconciler.runtime import Runtime, open_runtime
+from reconciler.store.types import AuditKind
+
+BOUNDARY = START + timedelta(days=31)  # Jan 15 -> Feb 15
+
+
+async def test_upgrade_keeps_usage_edits_in_place_and_schedules_plan_record(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    await onboard(story, "free", START, used=3)
+    ent_before = (await rt.client.list_customer_entitlements_v2("acme"))[0]
+    out = await story.change("starter")
+
+    assert out.status == "applied"
+    assert await story.value() == (3, 549_997)
+    assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
+    cur, succ = await story.subs()
+    assert plan_key(cur) == "free" and cur.status == "canceled" and cur.active_to == BOUNDARY
+    assert plan_key(succ) == "starter" and succ.active_from == BOUNDARY
+    assert (succ.metadata or {}).get(META_PLAN) == "starter"
+
+    ents = await rt.client.list_customer_entitlements_v2("acme")
+    credits = next(e for e in ents if e.feature_key == "api_credits")
+    assert credits.id != ent_before.id  # OpenMeter re-creates edited items' entitlements
+    assert credits.metadata is not None and credits.metadata[META_PLAN] == "starter"
+    assert credits.metadata["tier"] == "starter"
+
+    change = await rt.store.desired_for("acme")
+    assert change is not None and change.status.value == "applied"
+    assert change.direction is not None and change.direction.value == "upgrade"
+    assert change.rule == "defaults.upgrade"
+    assert change.converges_at == BOUNDARY
+    proof = change.details["proof"]
+    assert proof["usage_preserved"] is True
+    assert proof["before"]["api_credits"]["usage"] == 3
+    assert proof["after"]["api_credits"] == {
+        "has_access": True,
+        "usage": 3,
+        "balance": 549_997,
+        "total_available_grant_amount": 550_000,
+    }
+    assert credits.metadata[META_CHANGE] == change.id
+
+    calls = [
+        a for a in await rt.store.list_audit(customer="acme", limit=50) if a.kind is AuditKind.CALL
+    ]
+    assert {(a.method, a.status) for a in calls} == {("PATCH", 200), ("POST", 200)}
+    assert all(a.change_id == change.id for a in calls)
+
+    # The boundary passes: the plan record converges, the new period starts fresh.
+    await story.set_clock(BOUNDARY + timedelta(minutes=1))
+    out = await story.reconcile()
+    assert out.status == "converged" and out.applied == []
+    cur, succ = await story.subs()
+    assert plan_key(cur) == "starter" and succ is None
+    assert await story.value() == (0, 550_000)
+
+
+async def test_downgrade_waits_for_next_cycle(story: Story, control: httpx.AsyncClient) -> None:
+    await onboard(story, "starter", START, used=700_00)
+    out = await story.change("free")
+    assert out.status == "scheduled"
+    assert await mutations(control) == [("POST", "change")]
+    assert await story.value() == (70_000, 480_000)  # starter's allowance until the boundary
+    cur, succ = await story.subs()
+    assert plan_key(cur) == "starter" and plan_key(succ) == "free" and succ.active_from == BOUNDARY
+    await story.set_clock(BOUNDARY + timedelta(minutes=1))
+    assert (await story.reconcile()).status == "converged"
+    cur, _ = await story.subs()
+    assert plan_key(cur) == "free"
+    assert await story.value() == (0, 50_000)
+
+
+async def test_asking_for_current_plan_clears_pending_change(
+    story: Story, control: httpx.AsyncClient
+) -> None:
+    await onboard(story, "starter", START)
+    await story.change("free")
+    out = await story.change("starter")
+    assert out.status == "converged"
+    assert await mutations(control) == [
+        ("POST", "change"),
+        ("DELETE", ""),
+        ("POST", "unschedule-cancelation"),
+    ]
+    cur, succ = await story.subs()
+    assert cur.status == "active" and cur.active_to is None and succ is None
+
+
+async def test_up_then_down_keeps_items_and_changes_record_at_boundary(
+    story: Story, control: httpx.AsyncClient
+) -> None:
+    await onboard(story, "free", START, used=10)
+    await story.change("starter")
+    out = await story.change("free")  # record says free, but the items are starter's
+    assert out.status == "scheduled"
+    cur, succ = await story.subs()
+    assert plan_key(cur) == "free" and plan_key(succ) == "free"
+    assert await story.value() == (10, 549_990)
+    await story.set_clock(BOUNDARY + timedelta(minutes=1))
+    assert (await story.reconcile()).status == "converged"
+    assert await story.value() == (0, 50_000)
+
+
+async def test_a_to_b_to_c_in_one_period(story: Story, control: httpx.AsyncClient) -> None:
+    await onboard(story, "free", START, used=42)
+    await story.change("starter")
+    out = await story.change("pro")
+    assert out.status == "applied"
+    assert await story.value() == (42, 4_999_958)
+    assert await mutations(control) == [
+        ("PATCH", ""),
+        ("POST", "change"),
+        ("DELETE", ""),
+        ("POST", "unschedule-cancelation"),
+        ("PATCH", ""),
+        ("POST", "change"),
+    ]
+    _, succ = await story.subs()
+    assert plan_key(succ) == "pro"
+
+
+async def test_down_then_up_replans(story: Story, control: httpx.AsyncClient) -> None:
+    await onboard(story, "starter", START, used=5)
+    await story.change("free")
+    out = await story.change("pro")
+    assert out.status == "applied"
+    assert await story.value() == (5, 4_999_995)
+    _, succ = await story.subs()
+    assert plan_key(succ) == "pro"
+
+
+async def test_no_subscription_creates_one(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    await rt.client.create_customer(
+        {"key": "acme", "name": "ACME", "usageAttribution": {"subjectKeys": ["acme"]}}
+    )
+    out = await story.change("starter")
+    assert out.status == "converged"
+    assert await mutations(control) == [("POST", "")]
+    cur, _ = await story.subs()
+    assert plan_key(cur) == "starter" and (cur.metadata or {}).get(META_PLAN) == "starter"
+
+
+async def test_multi_phase_layout_mismatch_is_refused(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    doc = Path(__file__).with_name("trial_plan.yaml").read_text()
+    (await control.post("/_emulator/catalog", content=doc)).raise_for_status()
+    await onboard(story, "free", START)
+    out = await story.change("trial_pro")
+    assert out.status == "failed"
+    assert out.error is not None and "refusing to guess" in out.error
+    assert await mutations(control) == []
+    change = await rt.store.desired_for("acme")
+    assert change is not None and change.last_error == out.error
+
+
+async def test_unknown_plan_fails_clearly(story: Story, control: httpx.AsyncClient) -> None:
+    await onboard(story, "free", START)
+    out = await story.change("platinum")
+    assert out.status == "failed"
+    assert out.error == "plan 'platinum' has no active version in OpenMeter"
+    assert await mutations(control) == []
+
+
+async def test_lost_database_is_rebuilt_from_openmeter_tags(
+    emulator: EmulatorServer, story: Story, control: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    await onboard(story, "free", START, used=3)
+    await story.change("starter")
+    # A brand-new database knows nothing; the tags OpenMeter holds give the desired state back.
+    async with open_runtime(make_settings(emulator, tmp_path / "fresh.db")) as fresh:
+        assert await fresh.store.desired_for("acme") is None
+        adopted = await fresh.engine.adopt("acme")
+        assert adopted is not None and adopted.plan_key == "starter" and adopted.plan_version == 1
+        out = await fresh.engine.reconcile("acme")
+        assert out.status == "applied" and out.applied == []
+    assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
+
+
+async def test_drift_by_hand_is_healed(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    await onboard(story, "free", START, used=1)
+    await story.change("starter")
+    # Someone deletes the scheduled successor and un-cancels by hand in OpenMeter.
+    _, succ = await story.subs()
+    await rt.client.delete_subscription(succ.id)
+    cur, _ = await story.subs()
+    await rt.client.unschedule_cancelation(cur.id)
+    out = await story.reconcile()
+    assert out.status == "applied"
+    assert [a["action"] for a in out.applied] == ["schedule_change"]
+    _, succ = await story.subs()
+    assert plan_key(succ) == "starter"
