@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from contract import assert_exchange, assert_request
+from contract import assert_exchange, assert_request, assert_response
 
 from reconciler.emulator import Clock, create_app
 
@@ -16,17 +16,21 @@ CATALOG = Path(__file__).resolve().parents[2] / "config" / "catalog.demo.yaml"
 T0 = datetime(2026, 3, 10, 8, 30, 45, 123456, tzinfo=UTC)
 
 
+_PLACEHOLDERS = {
+    "price": {"type": "flat", "amount": "0"},
+    "flatPrice": {"type": "flat", "amount": "0"},
+    "unitPrice": {"type": "unit", "amount": "0"},
+}
+
+
 def _fill_null_prices(value: Any) -> Any:
     """openapi-core ignores ``nullable: true`` beside ``allOf`` (OAS 3.0), which is how the spec
-    declares ``price`` of rate cards and subscription items; OpenMeter (and the emulator) send
-    ``"price": null`` for free items. Substitute a valid price before validating."""
+    declares ``price`` of rate cards and subscription items and a tier's flat/unit price;
+    OpenMeter (and the emulator) send ``"price": null`` for free items. Substitute a valid
+    price before validating."""
     if isinstance(value, dict):
         return {
-            k: (
-                {"type": "flat", "amount": "0"}
-                if k == "price" and v is None
-                else _fill_null_prices(v)
-            )
+            k: (_PLACEHOLDERS[k] if k in _PLACEHOLDERS and v is None else _fill_null_prices(v))
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -34,17 +38,28 @@ def _fill_null_prices(value: Any) -> Any:
     return value
 
 
+def _deep_object(req: httpx.Request) -> bool:
+    return req.method == "GET" and (
+        req.url.path == "/api/v1/plans" or req.url.path.endswith("/query")
+    )
+
+
 def check_contract(resp: httpx.Response) -> None:
     req = resp.request
     if req.content and "json" in req.headers.get("content-type", ""):
         headers = {k: v for k, v in req.headers.items() if k.lower() != "content-length"}
+        if headers.get("content-type", "").endswith("+json"):
+            # CloudEvents media types: openapi-core does not decode "+json"; the spec's
+            # application/json entry takes the same Event (or Event[]) schema.
+            headers["content-type"] = "application/json"
         req = httpx.Request(
             req.method, req.url, headers=headers, json=_fill_null_prices(json.loads(req.content))
         )
     if resp.headers.get("content-type") == "application/problem+json":
         # openapi-core (this version) does not decode "+json" media types, so it cannot check
         # problem bodies; check the request and the problem shape (UnexpectedProblemResponse).
-        assert_request(req)
+        if not _deep_object(req):
+            assert_request(req)
         problem = resp.json()
         assert set(problem) >= {"type", "title", "detail", "instance", "status"}, problem
         assert problem["status"] == resp.status_code
@@ -60,6 +75,12 @@ def check_contract(resp: httpx.Response) -> None:
         resp = httpx.Response(
             resp.status_code, headers=resp.headers, content=resp.content, request=req
         )
+    if _deep_object(req):
+        # openapi-core cannot deserialize the deepObject parameters (``keyVersion`` of listPlans,
+        # ``filterGroupBy`` of queryMeter) — DeserializeError even when absent: check the
+        # response only.
+        assert_response(req, resp)
+        return
     assert_exchange(resp)
 
 
