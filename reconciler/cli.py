@@ -50,7 +50,7 @@ def _settings() -> Settings:
     except Exception as exc:  # pydantic ValidationError: show the fields
         err.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from exc
-    configure_logging(s.log_level, s.log_format)
+    configure_logging(s.log_level, s.log_format, force=True)
     return s
 
 
@@ -146,7 +146,7 @@ async def _change(
     from reconciler.runtime import open_runtime
     from reconciler.store.types import ChangeSource
 
-    async with open_runtime(settings) as rt:
+    async with open_runtime(settings, validate_policy=True) as rt:
         try:
             doc = await rt.queries.preview(customer, plan, plan_version)
         except UnknownPlan as exc:
@@ -272,7 +272,7 @@ async def _reconcile(settings: Settings, customer: str | None, all_customers: bo
 
     from reconciler.runtime import open_runtime
 
-    async with open_runtime(settings) as rt:
+    async with open_runtime(settings, validate_policy=True) as rt:
         targets: list[str] = []
         if customer:
             targets = [customer]

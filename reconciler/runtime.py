@@ -35,6 +35,13 @@ def load_policy(path: Path | None) -> Policy:
     return Policy.from_yaml(text, source=str(path))
 
 
+async def check_policy(policy: Policy, client: OpenMeterClient) -> list[str]:
+    """Validate the policy against the plans OpenMeter has: an unknown plan named in the ladder or
+    a rule is a start-up error naming its line; returns warnings (globs matching nothing)."""
+    keys = {p.key for p in await client.list_plans()}
+    return policy.validate_plans(keys)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -53,6 +60,7 @@ async def open_runtime(
     hooks: Hooks | None = None,
     call_observer: CallObserver | None = None,
     migrate: bool = True,
+    validate_policy: bool = False,
 ) -> AsyncIterator[Runtime]:
     policy = load_policy(settings.policy_path)
     store = await Store.open(
@@ -70,6 +78,9 @@ async def open_runtime(
             observers.append(call_observer)
         client = OpenMeterClient.from_settings(settings, observer=fan_out(observers))
         try:
+            if validate_policy and settings.policy_path is not None:
+                for warning in await check_policy(policy, client):
+                    log.warning("policy_warning", warning=warning)
             engine = Engine(client, store, policy, clock, hooks=hooks)
             yield Runtime(settings, client, store, policy, clock, engine, Queries(engine))
         finally:

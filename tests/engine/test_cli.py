@@ -1,0 +1,160 @@
+"""The command line against the emulator: outputs, exit codes, rows stored."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import DEMO, POLICY, START
+from typer.testing import CliRunner
+
+from reconciler.cli import app
+from reconciler.emulator.server import EmulatorServer
+
+
+@pytest.fixture
+def cli_env(emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("RECONCILER_OPENMETER_URL", emulator.url)
+    monkeypatch.setenv("RECONCILER_DATABASE_URL", f"sqlite+aiosqlite:///{db}")
+    monkeypatch.setenv("RECONCILER_POLICY_PATH", str(POLICY))
+    monkeypatch.setenv("RECONCILER_CLOCK_URL", f"{emulator.url}/_emulator/clock")
+    monkeypatch.setenv("RECONCILER_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("RECONCILER_SECRETS_DIR", str(tmp_path / "no-secrets"))
+    with httpx.Client(base_url=emulator.url) as c:
+        c.post("/_emulator/clock", json={"now": START.isoformat()}).raise_for_status()
+        c.post("/_emulator/reset", json={"catalog": DEMO}).raise_for_status()
+        c.post(
+            "/api/v1/customers",
+            json={
+                "key": "acme",
+                "name": "ACME",
+                "usageAttribution": {"subjectKeys": ["acme"]},
+            },
+        ).raise_for_status()
+        c.post(
+            "/api/v1/subscriptions",
+            json={
+                "customerKey": "acme",
+                "plan": {"key": "free"},
+                "billingAnchor": START.isoformat(),
+            },
+        ).raise_for_status()
+        c.post("/_emulator/clock", json={"now": (START + timedelta(days=9)).isoformat()})
+        c.post(
+            "/api/v1/events",
+            json={
+                "specversion": "1.0",
+                "id": "e1",
+                "source": "t",
+                "type": "api_call",
+                "subject": "acme",
+                "time": (START + timedelta(days=8)).isoformat(),
+                "data": {"credits": 3},
+            },
+        ).raise_for_status()
+        c.delete("/_emulator/requests")
+    return db
+
+
+def _mutations(em: EmulatorServer) -> list[str]:
+    rows = httpx.get(f"{em.url}/_emulator/requests").json()["requests"]
+    return [f"{r['method']} {r['path']}" for r in rows if r["method"] != "GET"]
+
+
+def test_change_dry_run_json_is_the_preview(cli_env: Path, emulator: EmulatorServer) -> None:
+    res = CliRunner().invoke(app, ["change", "acme", "starter", "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["direction"] == "upgrade" and doc["timing"] == "immediate"
+    assert doc["rule"] == "defaults.upgrade"
+    assert doc["effective_at"] == (START + timedelta(days=9)).isoformat().replace("+00:00", "Z")
+    assert doc["converges_at"] == "2026-02-15T10:00:00Z"
+    assert [(a["method"], a["path"].rsplit("/", 1)[-1]) for a in doc["actions"]] == [
+        ("PATCH", doc["actions"][0]["path"].rsplit("/", 1)[-1]),
+        ("POST", "change"),
+    ]
+    assert doc["entitlements"]["api_credits"]["before"] == {
+        "usage": 3,
+        "balance": 49_997,
+        "total_available_grant_amount": 50_000,
+        "has_access": True,
+    }
+    assert doc["entitlements"]["api_credits"]["after"] == {
+        "usage": 3,
+        "balance": 549_997,
+        "total_available_grant_amount": 550_000,
+        "has_access": True,
+    }
+    assert doc["warnings"] == []
+    assert _mutations(emulator) == []  # a dry run changes nothing
+
+
+def test_change_applies_and_status_reports(cli_env: Path, emulator: EmulatorServer) -> None:
+    res = CliRunner().invoke(app, ["change", "acme", "starter", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "applied"
+    assert [a["action"] for a in doc["applied"]] == ["edit_items", "schedule_change"]
+    assert doc["entitlements"]["api_credits"]["after"]["balance"] == 549_997
+    assert doc["proof"]["usage_preserved"] is True
+    assert [m.split(" ")[0] for m in _mutations(emulator)] == ["PATCH", "POST"]
+
+    res = CliRunner().invoke(app, ["status", "acme", "--json"])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)
+    assert st["plan_on_record"] == "free@v1"
+    assert st["subscription"]["effective_plan"] == "starter@v1"
+    assert st["scheduled_successor"]["plan"] == "starter@v1"
+    assert st["desired"]["status"] == "applied" and st["convergence"] == "waiting"
+    assert st["entitlements"]["api_credits"]["balance"] == 549_997
+    assert {a["method"] for a in st["recent_audit"] if a["kind"] == "call"} == {"PATCH", "POST"}
+
+    res = CliRunner().invoke(app, ["status", "acme"])
+    assert res.exit_code == 0 and "plan on record: free@v1" in res.stdout
+
+
+def test_reconcile_pass_converges_after_boundary(cli_env: Path, emulator: EmulatorServer) -> None:
+    assert CliRunner().invoke(app, ["change", "acme", "starter"]).exit_code == 0
+    httpx.post(f"{emulator.url}/_emulator/clock", json={"now": "2026-02-15T10:05:00Z"})
+    res = CliRunner().invoke(app, ["reconcile"])
+    assert res.exit_code == 0, res.output
+    assert "1 customer(s) reconciled — converged: 1" in res.stdout
+
+
+def test_unknown_plan_and_customer_are_clear_errors(cli_env: Path) -> None:
+    res = CliRunner().invoke(app, ["change", "acme", "gold", "--dry-run"])
+    assert res.exit_code == 2
+    assert "plan 'gold' has no active version in OpenMeter" in res.output
+    res = CliRunner().invoke(app, ["change", "nobody", "starter", "--dry-run"])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_bad_policy_names_the_line(cli_env: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("ladder: [free, starter]\ndefaults:\n  upgrade: sometimes\n")
+    res = CliRunner().invoke(app, ["policy", "check", str(bad)])
+    assert res.exit_code == 2
+    assert f"{bad}:3:" in res.output and "sometimes" in res.output
+    res = CliRunner().invoke(app, ["policy", "explain", "pro", "free", "--policy", str(POLICY)])
+    assert res.exit_code == 0
+    assert "decision: downgrade, next_billing_cycle" in res.stdout
+
+
+def test_policy_naming_unknown_plan_is_a_startup_error(
+    cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("version: 1\nladder: [free, starter, enterprise]\n")
+    monkeypatch.setenv("RECONCILER_POLICY_PATH", str(pol))
+    res = CliRunner().invoke(app, ["change", "acme", "starter", "--dry-run"])
+    assert res.exit_code == 2
+    assert f"{pol}:2:" in res.output and "enterprise" in res.output
+
+
+def test_events_redeliver_unknown_id(cli_env: Path) -> None:
+    res = CliRunner().invoke(app, ["events", "redeliver", "evt_nope"])
+    assert res.exit_code == 2 and "evt_nope" in res.output
