@@ -209,3 +209,46 @@ async def test_drift_by_hand_is_healed(
     assert [a["action"] for a in out.applied] == ["schedule_change"]
     _, succ = await story.subs()
     assert plan_key(succ) == "starter"
+
+
+async def test_usage_lost_by_an_edit_is_detected_and_not_retried(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """If OpenMeter ever dropped usage on an edit, the proof catches it and stops."""
+    from dataclasses import replace
+
+    from reconciler.domain.actions import Action
+    from reconciler.engine import Engine
+
+    await onboard(story, "free", START, used=3)
+    edited = False
+
+    async def after(action: Action) -> None:
+        nonlocal edited
+        edited = edited or action.kind == "edit_items"
+
+    engine = Engine(rt.client, rt.store, rt.policy, rt.clock, after_action=after)
+    real_values = engine.observer.values
+
+    async def values(customer_id: str, features: object) -> dict[str, object]:
+        got = await real_values(customer_id, features)  # type: ignore[arg-type]
+        if edited:  # pretend OpenMeter restarted the period's usage
+            return {k: replace(v, usage=v.usage * 0) for k, v in got.items()}
+        return got  # type: ignore[return-value]
+
+    engine.observer.values = values  # type: ignore[method-assign]
+    await story.request("starter")
+    out = await engine.reconcile("acme")
+    assert out.status == "failed"
+    assert out.usage_not_preserved == ["api_credits: usage 3 -> 0"]
+    assert out.error == "usage_not_preserved: api_credits: usage 3 -> 0"
+    assert await mutations(control) == [("PATCH", "")]  # nothing else was attempted
+    change = await rt.store.desired_for("acme")
+    assert change is not None and change.status.value == "failed"
+    assert change.details["proof"]["usage_preserved"] is False
+    events, _ = await rt.store.list_events()
+    assert {e.type for e in events} == {"plan_change.usage_not_preserved", "plan_change.failed"}
+    # A later pass does not retry a failed change blindly.
+    again = await rt.engine.reconcile("acme")
+    assert again.state == "not_open"
+    assert await mutations(control) == [("PATCH", "")]
