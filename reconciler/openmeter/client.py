@@ -245,7 +245,7 @@ class OpenMeterClient:
         self.read_retries = read_retries
         self._observer = observer
         self._wait = _Wait(backoff_base, max_retry_sleep)
-        self._sleep: Sleep = sleep or asyncio.sleep
+        self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
 
     @classmethod
     def from_settings(
