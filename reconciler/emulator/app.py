@@ -747,7 +747,8 @@ class Emulator:
         self.log.clear()
         self.faults.clear()
         if body.get("catalog") is not None:
-            self.catalog = body["catalog"]
+            doc = body["catalog"]
+            self.catalog = parse_catalog_text(doc) if isinstance(doc, str) else doc
         if body.get("reloadCatalog", True) and self.catalog is not None:
             load_catalog(self.state, self.catalog)
         return 200, {
