@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -213,13 +213,23 @@ class EventDeliverer:
             )
         return stats
 
+    async def now(self) -> datetime:
+        """ "Now" for the outbox: the later of ``clock`` and the wall clock.
+
+        The store stamps events with its own clock (wall time). A demo clock moved into the past
+        (the emulator's ``/_emulator/clock``) must not make fresh events look not yet due, and
+        one moved ahead only makes them due sooner; in production both are the wall clock.
+        """
+        wall = datetime.fromtimestamp(self._wall(), UTC)
+        return max(await self.clock.now(), wall)
+
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Call :meth:`run_once` every ``interval`` seconds (at once again after a full batch)
         until ``stop`` is set. Errors are logged and the loop goes on."""
         while not stop.is_set():
             full = False
             try:
-                stats = await self.run_once(await self.clock.now())
+                stats = await self.run_once(await self.now())
                 full = stats.due >= self.batch and not stats.gone
             except Exception as exc:  # keep delivering after a store hiccup
                 log.warning("events_run_failed", error=f"{type(exc).__name__}: {exc}")
