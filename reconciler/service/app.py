@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -260,10 +260,17 @@ async def read_body(request: Request, limit: int) -> bytes:
                 kind="too-large",
             )
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise ProblemError(413, f"body exceeds the limit of {limit} bytes", kind="too-large")
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise ProblemError(
+                    413, f"body exceeds the limit of {limit} bytes", kind="too-large"
+                )
+    except ClientDisconnect as exc:
+        raise ProblemError(
+            400, "the client disconnected before the body was complete", kind="invalid"
+        ) from exc
     return bytes(buf)
 
 

@@ -162,12 +162,14 @@ class Emu:
         rows = [
             r
             for r in self.requests()
-            if r["method"] != "GET" and r["path"].startswith("/api/v1/subscriptions") and r["applied"]
+            if r["method"] != "GET"
+            and r["path"].startswith("/api/v1/subscriptions")
+            and r["applied"]
         ]
         if customer_id is None:
             return rows
         subs = {s["id"] for s in self.subscriptions(customer_id)}
-        return [r for r in rows if r["path"].split("/")[4] in subs]
+        return [r for r in rows if r["path"].count("/") >= 4 and r["path"].split("/")[4] in subs]
 
     def subscriptions(self, customer: str) -> list[dict[str, Any]]:
         r = self.http.get(f"/api/v1/customers/{customer}/subscriptions")
@@ -290,8 +292,10 @@ class ServiceServer:
         return self.http.post(
             "/v1/webhooks/portal",
             content=body,
-            headers=signed_headers(body, msg_id=msg_id, secret=secret, timestamp=timestamp,
-                                   prefix=prefix) | (headers or {}),
+            headers=signed_headers(
+                body, msg_id=msg_id, secret=secret, timestamp=timestamp, prefix=prefix
+            )
+            | (headers or {}),
         )
 
     def metric(self, name: str, **labels: str) -> float:
@@ -316,8 +320,9 @@ def signed_headers(
     }
 
 
-def plan_change(customer: str, plan: str, *, at: datetime | None = None,
-                version: int | None = None) -> dict[str, Any]:
+def plan_change(
+    customer: str, plan: str, *, at: datetime | None = None, version: int | None = None
+) -> dict[str, Any]:
     at = at or datetime.now(UTC)
     return {
         "type": "plan_change.requested",
@@ -365,4 +370,3 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> A
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s (last: {last!r})")
-
