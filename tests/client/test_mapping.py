@@ -109,9 +109,20 @@ def test_rate_card_raw_keeps_unknown_fields_and_exact_decimals() -> None:
         **API_CREDITS_CARD,
         "price": {"type": "unit", "amount": "0.0100"},
         "futureField": {"x": 1},
-        "entitlementTemplate": {"type": "metered", "issueAfterReset": 0.5, "usagePeriod": "P1D"},
+        "metadata": None,
+        "taxConfig": None,
+        "description": None,
+        "entitlementTemplate": {
+            "type": "metered",
+            "issueAfterReset": 0.5,
+            "usagePeriod": "P1D",
+            "metadata": None,
+        },
     }
     raw = rate_card_raw(UsageBasedRateCard.model_validate(card))
+    # null where OpenMeter writes null (required-nullable), omitted where it would omit
+    assert "metadata" in raw and raw["metadata"] is None
+    assert "taxConfig" not in raw and "description" not in raw
     assert raw["price"] == {"type": "unit", "amount": "0.0100"}
     assert raw["futureField"] == {"x": 1}
     assert raw["entitlementTemplate"] == {
