@@ -453,6 +453,17 @@ class Quoter:
                 "is still a draft; once that invoice is issued an amount already invoiced is not "
                 "credited back"
             )
+        if with_change is not None and any(
+            n.startswith("not prorated: the subscription ends")
+            for ln in with_change.lines
+            for n in ln.notes
+        ):
+            notes.append(
+                "after the change the subscription ends at the next billing boundary (the plan "
+                "record moves there), and OpenMeter beta.227 does not prorate a flat fee whose "
+                "service period ends at or after the subscription's end: the new fee is billed "
+                "in full (a billing anchor with sub-second precision escapes this)"
+            )
         notes.extend(dict.fromkeys(usage.notes))
         return Charges(
             period=period,
@@ -511,12 +522,6 @@ def _after_change(
             f"the change takes effect at the next billing cycle ({_iso(result.effective_at)}); "
             "this period's items are unchanged"
         )
-    if sub_end is not None and sub_end != sub.active_to and sub_end <= period[1]:
-        notes.append(
-            f"after the change the subscription ends at {_iso(sub_end)} (the plan record moves "
-            "there); OpenMeter beta.227 does not prorate a flat fee whose service period ends "
-            "at or after the subscription's end"
-        )
     return versions, sub_end
 
 
@@ -552,6 +557,17 @@ def charges_document(c: Charges) -> dict[str, Any]:
 # Console rendering
 
 
+def _short(iso: str | None) -> str:
+    """``2026-04-10T08:30:45Z`` → ``2026-04-10 08:30:45`` for tables (JSON keeps RFC 3339)."""
+    if not iso:
+        return "-"
+    return iso.replace("T", " ").removesuffix("Z")[:19]
+
+
+def _pct(ratio: str | None) -> str:
+    return "-" if ratio is None else f"{Decimal(ratio) * 100:.2f} %"
+
+
 def _lines_table(title: str, q: Mapping[str, Any], currency: str) -> Table:
     t = Table(title=title)
     for col in ("item", "v", "service period", "price", "quantity", "proration", "amount"):
@@ -563,10 +579,10 @@ def _lines_table(title: str, q: Mapping[str, Any], currency: str) -> Table:
         t.add_row(
             ln["key"],
             "-" if ln["version"] is None else str(ln["version"]),
-            f"{ln['period']['from']} → {ln['period']['to']}",
+            f"{_short(ln['period']['from'])} → {_short(ln['period']['to'])}",
             price,
             ln["quantity"] or "-",
-            ln["proration"] or "-",
+            _pct(ln["proration"]),
             ln["amount"],
         )
     t.add_row("[bold]total[/bold]", "", "", "", "", "", f"[bold]{q['total']} {currency}[/bold]")
@@ -600,7 +616,7 @@ def render_quote(console: Console, doc: Mapping[str, Any]) -> None:
         for ln in diff["lines"]:
             t.add_row(
                 ln["key"],
-                f"{ln['period']['from']} → {ln['period']['to']}",
+                f"{_short(ln['period']['from'])} → {_short(ln['period']['to'])}",
                 ln["before"] or "-",
                 ln["after"] or "-",
                 ln["delta"],

@@ -16,11 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 
 from reconciler.domain.policy import Policy
 from reconciler.emulator.server import EmulatorServer
 from reconciler.engine import Engine, HttpClock, Queries
-from reconciler.engine.quote import QuoteError, Quoter, parse_at
+from reconciler.engine.quote import QuoteError, Quoter, parse_at, render_quote
 from reconciler.openmeter.client import OpenMeterClient
 from reconciler.store import Store
 from reconciler.store.types import ChangeSource
@@ -252,6 +253,14 @@ async def test_mid_period_upgrade_quoted_before_and_after(world: World) -> None:
     assert split[0] == {"from": "2026-04-10T08:30:45Z", "to": "2026-04-22T11:47:57Z"}
     assert split[1] == {"from": "2026-04-22T11:47:57Z", "to": "2026-05-10T08:30:45Z"}
     assert what_if["with_change"]["total"] == str(Decimal("7.50") + fee_a + fee_b)
+    assert not any("does not prorate" in n for n in what_if["notes"])  # sub-second anchor
+    console = Console(record=True, width=160)
+    render_quote(console, what_if)
+    text = console.export_text()
+    assert "Current charges" in text and "With the change" in text and "Difference" in text
+    assert f"{what_if['difference']['total']} USD" in text
+    assert "2026-04-10 08:30:45 → 2026-04-22 11:47:57" in text
+    assert "40.46 %" in text  # 1048632 s of 2592000 s
     diff = what_if["difference"]
     assert diff["total"] == str(fee_a + fee_b - Decimal("30.00"))
     assert diff["by_item"] == {"api_credits": "0.00", "platform_fee": "35.73"}
