@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -79,7 +79,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M")
 
 USER_AGENT = "openmeter-reconciler/0.1"
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
@@ -154,11 +153,6 @@ def _json_default(value: Any) -> Any:
 
 def _dumps(body: Any) -> bytes:
     return json.dumps(body, default=_json_default, separators=(",", ":")).encode()
-
-
-def _to_json_value(body: Any) -> Any:
-    """The JSON value of ``body`` (what the observer and the audit log see)."""
-    return json.loads(_dumps(body))
 
 
 def _timing(value: str | datetime | Enum) -> str:
