@@ -1145,7 +1145,8 @@ class Store:
                     "payload": dict(e.payload),
                     "status": EventStatus.PENDING.value,
                     "attempts": 0,
-                    "next_attempt_at": now,
+                    # NULL: due at once, whatever clock the deliverer runs on
+                    "next_attempt_at": None,
                     "created_at": now,
                 }
                 for e in events
@@ -1171,13 +1172,18 @@ class Store:
         return await self._tx(op, write=False)
 
     async def due_events(self, now: datetime, limit: int = 100) -> list[OutboxEvent]:
-        """Pending events whose next attempt is due, oldest due first."""
+        """Pending events whose next attempt is due, oldest due first.
+
+        A new event has no ``next_attempt_at`` (never tried): it is due at once."""
         now = _aware(now, "now")
         c = outbox_events.c
         q = (
             sa.select(outbox_events)
-            .where(c.status == EventStatus.PENDING.value, c.next_attempt_at <= now)
-            .order_by(c.next_attempt_at, c.created_at, c.id)
+            .where(
+                c.status == EventStatus.PENDING.value,
+                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
+            )
+            .order_by(c.next_attempt_at.asc().nulls_first(), c.created_at, c.id)
             .limit(limit)
         )
 
