@@ -7,6 +7,7 @@ reference note ``openmeter-semantics.md`` §2–§5 summarises them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ def num(x: float) -> float | int:
 # --------------------------------------------------------------------------- records
 
 
-@dataclass
+@dataclass(slots=True)
 class Customer:
     id: str
     name: str
@@ -74,7 +75,7 @@ class Customer:
         return out
 
 
-@dataclass
+@dataclass(slots=True)
 class Feature:
     id: str
     key: str
@@ -87,7 +88,7 @@ class Feature:
     archived_at: datetime | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Plan:
     id: str
     key: str
@@ -116,7 +117,7 @@ class Plan:
         return "active"
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemVersion:
     key: str
     rate_card: Json
@@ -130,7 +131,7 @@ class ItemVersion:
     sig: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Phase:
     key: str
     name: str
@@ -144,7 +145,7 @@ class Phase:
     sig: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Subscription:
     id: str
     customer_id: str
@@ -230,7 +231,7 @@ class Subscription:
         return frm, to
 
 
-@dataclass
+@dataclass(slots=True)
 class Entitlement:
     id: str
     customer_id: str
@@ -840,7 +841,8 @@ class State:
                 start_after=offset,
             )
             for rc in ph["rateCards"]:
-                phase.items[rc["key"]] = [ItemVersion(key=rc["key"], rate_card=copy.deepcopy(rc))]
+                # plan rate cards are never mutated in place: share them (memory at scale)
+                phase.items[rc["key"]] = [ItemVersion(key=rc["key"], rate_card=rc)]
             phases.append(phase)
             if ph.get("duration"):
                 offset = offset + Duration.parse(ph["duration"])
@@ -913,21 +915,24 @@ class State:
             for key, versions in phase.items.items():
                 for idx, v in enumerate(versions):
                     start, end = sub.item_cadence(pstart, pend, v)
-                    sig = json.dumps(
-                        [
-                            phase.key,
-                            key,
-                            idx,
-                            fmt(pstart),
-                            fmt(start),
-                            fmt(end),
-                            fmt(sub.billing_anchor),
-                            v.rate_card,
-                            v.annotations,
-                        ],
-                        sort_keys=True,
-                        default=str,
-                    )
+                    sig = hashlib.blake2b(
+                        json.dumps(
+                            [
+                                phase.key,
+                                key,
+                                idx,
+                                fmt(pstart),
+                                fmt(start),
+                                fmt(end),
+                                fmt(sub.billing_anchor),
+                                v.rate_card,
+                                v.annotations,
+                            ],
+                            sort_keys=True,
+                            default=str,
+                        ).encode(),
+                        digest_size=16,
+                    ).hexdigest()
                     if v.sig == sig and v.id:
                         if v.entitlement_id:
                             keep.add(v.entitlement_id)

@@ -113,7 +113,6 @@ class EventStore:
         self.index: dict[tuple[str, str], Series] = {}
         self.seen: set[tuple[str, str]] = set()
         self.count = 0
-        self.raw: list[dict[str, Any]] = []
 
     def ingest(self, event: dict[str, Any], when: datetime, meters: Iterable[Meter]) -> bool:
         """Store one CloudEvent; returns False for a duplicate (same ``source`` and ``id``)."""
@@ -122,7 +121,6 @@ class EventStore:
             return False
         self.seen.add(dedupe)
         self.count += 1
-        self.raw.append(event)
         t = when.timestamp()
         subject = str(event["subject"])
         for meter in meters:
