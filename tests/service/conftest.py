@@ -298,7 +298,7 @@ class ServiceServer:
             | (headers or {}),
         )
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, /, **labels: str) -> float:
         return metric_value(self.http.get("/metrics").text, name, **labels)
 
 
@@ -335,7 +335,7 @@ def plan_change(
     }
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
+def metric_value(text: str, name: str, /, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
     total = 0.0
     found = False
@@ -365,7 +365,12 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> A
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = predicate()
+        try:
+            last = predicate()
+        except (KeyError, IndexError, httpx.HTTPError) as exc:  # not there yet
+            last = exc
+            time.sleep(interval)
+            continue
         if last:
             return last
         time.sleep(interval)
