@@ -390,15 +390,26 @@ def quote(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from exc
 
-    async def go() -> dict[str, Any]:
+    async def go() -> dict[str, Any] | str:
+        from reconciler.engine.catalog import UnknownPlan
+        from reconciler.engine.quote import QuoteError
+        from reconciler.openmeter.errors import NotFound
         from reconciler.runtime import open_runtime
 
         async with open_runtime(settings) as rt:
-            return await Quoter(rt.engine).quote(
-                customer, plan_key=plan, plan_version=plan_version, at=when
-            )
+            try:
+                return await Quoter(rt.engine).quote(
+                    customer, plan_key=plan, plan_version=plan_version, at=when
+                )
+            except (QuoteError, UnknownPlan) as exc:
+                return str(exc)
+            except NotFound as exc:
+                return f"not found: {exc.detail}"
 
     doc = _run(go)
+    if isinstance(doc, str):
+        err.print(f"[red]{doc}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT)
     if as_json:
         _print_json(doc)
     else:

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import respx
-from oas import assert_valid
+from contract import assert_request as assert_valid
 
 from reconciler.openmeter.client import CallRecord, OpenMeterClient
 

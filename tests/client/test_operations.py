@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import respx
-from oas import assert_valid
+from contract import assert_request as assert_valid
 from payloads import (
     CHANGE_RESPONSE,
     CUS_ID,

@@ -158,3 +158,18 @@ def test_policy_naming_unknown_plan_is_a_startup_error(
 def test_events_redeliver_unknown_id(cli_env: Path) -> None:
     res = CliRunner().invoke(app, ["events", "redeliver", "evt_nope"])
     assert res.exit_code == 2 and "evt_nope" in res.output
+
+
+def test_quote_json_and_errors(cli_env: Path) -> None:
+    res = CliRunner().invoke(app, ["quote", "acme", "--plan", "starter", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["currency"] == "USD"
+    assert doc["period"] == {"from": "2026-01-15T10:00:00Z", "to": "2026-02-15T10:00:00Z"}
+    assert doc["with_change"] is not None and doc["difference"] is not None
+    res = CliRunner().invoke(app, ["quote", "acme", "--plan", "gold"])
+    assert res.exit_code == 2 and "gold" in res.output
+    res = CliRunner().invoke(app, ["quote", "nobody"])
+    assert res.exit_code == 2 and "not found" in res.output
+    res = CliRunner().invoke(app, ["quote", "acme", "--at", "yesterday"])
+    assert res.exit_code == 2
