@@ -1,0 +1,86 @@
+"""The official OpenMeter SDK (openmeter==1.0.0b236, corehttp) drives a full scenario against a
+real emulator server: a client nobody on this team wrote."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from conftest import CATALOG, T0
+from corehttp.exceptions import HttpResponseError
+from openmeter import Client
+
+from reconciler.emulator import Clock, EmulatorServer
+
+
+def as_dict(model: Any) -> dict[str, Any]:
+    return dict(model) if not isinstance(model, dict) else model
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatorServer]:
+    with EmulatorServer(catalog=CATALOG, clock=Clock(T0)) as em:
+        yield em
+
+
+def test_sdk_full_scenario(server: EmulatorServer) -> None:
+    client = Client(endpoint=server.url)
+    cust = client.customers.create(
+        {"name": "Acme", "key": "acme", "usageAttribution": {"subjectKeys": ["acme"]}}
+    )
+    assert cust.key == "acme"
+    sub = client.subscriptions.create({"customerKey": "acme", "plan": {"key": "free"}})
+    assert sub.status == "active"
+    client.events.ingest_events_json(
+        [
+            {
+                "specversion": "1.0",
+                "id": "sdk-1",
+                "source": "sdk",
+                "type": "api_call",
+                "subject": "acme",
+                "time": (T0 + timedelta(seconds=5)).isoformat(),
+                "data": {"credits": 3},
+            }
+        ]
+    )
+    httpx.post(f"{server.url}/_emulator/clock", json={"advance": "PT1H"}).raise_for_status()
+    value = client.customer_entitlement.get_customer_entitlement_value("acme", "api_credits")
+    assert (value.usage, value.balance) == (3, 49997)
+
+    plan = client.plans.get("starter")
+    card = next(rc for rc in as_dict(plan)["phases"][0]["rateCards"] if rc["key"] == "api_credits")
+    edited = client.subscriptions.edit(
+        sub.id,
+        {
+            "timing": "immediate",
+            "customizations": [
+                {"op": "add_item", "phaseKey": "default", "rateCard": as_dict(card)}
+            ],
+        },
+    )
+    assert edited.plan.key == "free"
+    value = client.customer_entitlement.get_customer_entitlement_value("acme", "api_credits")
+    assert (value.usage, value.balance, value.total_available_grant_amount) == (3, 549997, 550000)
+    expanded = as_dict(client.subscriptions.get_expanded(sub.id))
+    ent = expanded["phases"][0]["items"][0]["included"]["entitlement"]
+    assert ent["metadata"] == {"tier": "starter"}
+
+    changed = client.subscriptions.change(
+        sub.id, {"timing": "next_billing_cycle", "plan": {"key": "free"}}
+    )
+    assert changed.current.status == "canceled"
+    assert changed.next.status == "scheduled"
+    listed = client.customers.list_customer_subscriptions("acme")
+    assert [s["status"] for s in listed["items"]] == ["scheduled", "canceled"]
+    with pytest.raises(HttpResponseError) as err:
+        client.subscriptions.unschedule_cancelation(sub.id)
+    assert err.value.status_code == 409
+    client.subscriptions.delete(changed.next.id)
+    back = client.subscriptions.unschedule_cancelation(sub.id)
+    assert back.status == "active"
+    access = client.customer.get_customer_access("acme")
+    assert as_dict(access)["entitlements"]["api_credits"]["balance"] == 549997
