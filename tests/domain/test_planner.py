@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -28,57 +26,16 @@ from reconciler.domain.model import (
     Timing,
 )
 from reconciler.domain.planner import State, items_match, plan
+from reconciler.domain.policy import Policy
 
 LADDER = ["free", "starter", "pro"]
 
 
-@dataclass(frozen=True)
-class Decision:
-    direction: Direction
-    timing: Timing
-    rule: str
-    reason: str
+def policy(extra: str = "") -> Policy:
+    return Policy.from_yaml("version: 1\nladder: [free, starter, pro]\n" + extra, source="test")
 
 
-class LadderPolicy:
-    """Upgrades immediate, downgrades next cycle; an optional guard refuses tight downgrades."""
-
-    def __init__(
-        self, *, refuse_below_usage: bool = False, illegal: tuple[str, str] | None = None
-    ) -> None:
-        self.refuse_below_usage = refuse_below_usage
-        self.illegal = illegal
-
-    def decide(
-        self,
-        from_key: str,
-        to_key: str,
-        *,
-        from_version: int | None = None,
-        to_version: int | None = None,
-        usage_by_feature: Mapping[str, Decimal] | None = None,
-        target_allowance_by_feature: Mapping[str, Decimal] | None = None,
-    ) -> Decision:
-        if self.illegal == (from_key, to_key):
-            return Decision(Direction.DOWNGRADE, Timing.ILLEGAL, "rules[0]", "not allowed")
-        a, b = LADDER.index(from_key), LADDER.index(to_key)
-        if a == b:
-            if from_version == to_version:
-                return Decision(Direction.NOOP, Timing.IMMEDIATE, "same plan", "same plan")
-            return Decision(Direction.LATERAL, Timing.NEXT_BILLING_CYCLE, "defaults.lateral", "")
-        if b > a:
-            return Decision(Direction.UPGRADE, Timing.IMMEDIATE, "defaults.upgrade", "higher rank")
-        if self.refuse_below_usage:
-            for f, used in (usage_by_feature or {}).items():
-                allowance = (target_allowance_by_feature or {}).get(f)
-                if allowance is not None and used > allowance:
-                    return Decision(
-                        Direction.DOWNGRADE, Timing.ILLEGAL, "guards", f"{f} used {used}"
-                    )
-        return Decision(Direction.DOWNGRADE, Timing.NEXT_BILLING_CYCLE, "defaults.downgrade", "")
-
-
-POLICY = LadderPolicy()
+POLICY = policy()
 _seq = iter(range(1, 10_000_000))
 
 
@@ -228,15 +185,11 @@ def test_scheduled_successor_without_current_is_replaced() -> None:
 
 def test_remove_items_target_lacks() -> None:
     w = World(subscription(STARTER))
-    r = plan(w.observe(), want(FREE), FREE, LadderPolicy(), T0)
+    r = plan(w.observe(), want(FREE), FREE, POLICY, T0)
     assert [a.kind for a in r.actions] == ["schedule_change"]
     # An immediate downgrade (by policy) removes the base fee and replaces credits in one PATCH.
-
-    class Immediate(LadderPolicy):
-        def decide(self, *a: object, **k: object) -> Decision:
-            return Decision(Direction.DOWNGRADE, Timing.IMMEDIATE, "rules[0]", "")
-
-    r = plan(w.observe(), want(FREE), FREE, Immediate(), T0)
+    immediate = policy("rules:\n  - direction: downgrade\n    timing: immediate\n")
+    r = plan(w.observe(), want(FREE), FREE, immediate, T0)
     edit = r.actions[0]
     assert isinstance(edit, EditItems)
     assert edit.remove == ("base_fee",) and [c.key for c in edit.add] == ["api_credits"]
@@ -247,9 +200,11 @@ def test_remove_items_target_lacks() -> None:
 
 def test_policy_illegal_refuses() -> None:
     w = World(subscription(STARTER))
-    r = plan(w.observe(), want(FREE), FREE, LadderPolicy(illegal=("starter", "free")), T0)
+    closed = policy("rules:\n  - from: starter\n    to: free\n    timing: illegal\n")
+    r = plan(w.observe(), want(FREE), FREE, closed, T0)
     assert r.state is State.REFUSED and r.actions == ()
     assert r.refusal is not None and "starter@v1 -> free@v1" in r.refusal
+    assert r.rule is not None and "rules[0]" in r.rule
 
 
 def test_guard_uses_observed_usage() -> None:
@@ -263,8 +218,20 @@ def test_guard_uses_observed_usage() -> None:
         obs.successor,
         {"api_credits": EntitlementValue(True, Decimal(449_000), Decimal(101_000))},
     )
-    r = plan(obs, want(FREE), FREE, LadderPolicy(refuse_below_usage=True), T0)
-    assert r.state is State.REFUSED and "api_credits used 101000" in (r.refusal or "")
+    strict = policy(
+        "rules:\n  - direction: downgrade\n    timing: immediate\n"
+        "guards:\n  downgrade_below_usage: refuse\n"
+    )
+    r = plan(obs, want(FREE), FREE, strict, T0)
+    assert r.state is State.REFUSED
+    assert "api_credits" in (r.refusal or "") and "101000" in (r.refusal or "")
+    deferring = policy(
+        "rules:\n  - direction: downgrade\n    timing: immediate\n"
+        "guards:\n  downgrade_below_usage: defer\n"
+    )
+    r = plan(obs, want(FREE), FREE, deferring, T0)
+    assert r.timing is Timing.NEXT_BILLING_CYCLE
+    assert [a.kind for a in r.actions] == ["schedule_change"]
 
 
 def test_layout_mismatch_refused() -> None:
