@@ -84,3 +84,23 @@ def test_sdk_full_scenario(server: EmulatorServer) -> None:
     assert back.status == "active"
     access = client.customer.get_customer_access("acme")
     assert as_dict(access)["entitlements"]["api_credits"]["balance"] == 549997
+
+
+def test_drop_after_apply_over_a_real_connection(server: EmulatorServer) -> None:
+    httpx.post(
+        f"{server.url}/_emulator/faults",
+        json={
+            "method": "POST",
+            "path": "/api/v1/customers",
+            "dropAfterApply": True,
+            "count": 1,
+        },
+    ).raise_for_status()
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(f"{server.url}/api/v1/customers", json={"name": "X", "key": "x"})
+    got = httpx.get(f"{server.url}/api/v1/customers/x")
+    assert got.status_code == 200 and got.json()["key"] == "x"
+    log = httpx.get(f"{server.url}/_emulator/requests", params={"method": "POST"}).json()
+    assert [(r["path"], r["applied"], r["dropped"]) for r in log["requests"]] == [
+        ("/api/v1/customers", True, True)
+    ]
