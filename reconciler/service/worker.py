@@ -56,27 +56,43 @@ def _matches(change: ChangeRecord, sub: Subscription | None) -> bool:
     return change.plan_version is None or got[1] == change.plan_version
 
 
-def needs_reconcile(change: ChangeRecord, subs: Sequence[Subscription], now: datetime) -> bool:
+SUPERSEDING = "subscription.superseding.id"
+
+
+def needs_reconcile(
+    change: ChangeRecord, subs: Sequence[Subscription], now: datetime, *, full: bool = False
+) -> bool:
     """Cheap check on the flat subscription list of ``GET /customers?expand=subscriptions``:
-    does OpenMeter differ from what the change request wants (or is it not settled yet)?"""
+    does OpenMeter differ from what the change request wants (or is it not settled yet)?
+
+    OpenMeter expands only the subscription active now, so a scheduled successor is seen
+    through the current subscription's ``subscription.superseding.id`` annotation (and its plan
+    only when the list happens to include it). ``full`` (the nightly sweep) reconciles every
+    change that is not converged, which also catches a successor replaced by hand.
+    """
     if change.status in (ChangeStatus.FAILED, ChangeStatus.SUPERSEDED):
         return False
     if change.status is ChangeStatus.PENDING:
         return True
     current, successor = pick(subs)
+    superseded_by = (current.annotations or {}).get(SUPERSEDING) if current else None
     if change.status is ChangeStatus.CONVERGED:
         if current is None or not _matches(change, current):
             return True  # the plan on record was changed by hand (or the subscription is gone)
-        if str(current.status) != "active":
-            return True  # canceled by hand
-        # a change scheduled by hand after we converged
+        if current.status != "active" or superseded_by:
+            return True  # canceled, or a change scheduled by hand after we converged
         return successor is not None and not _matches(change, successor)
     # applied / scheduled: waiting for a billing boundary
+    if full:
+        return True
     if change.converges_at is not None and change.converges_at <= now:
         return True  # the boundary passed (perhaps while we were down)
-    if _matches(change, successor):
-        return False
-    return not (_matches(change, current) and successor is None)
+    if successor is not None:
+        return not _matches(change, successor)
+    if superseded_by:
+        return False  # a successor is scheduled (its plan is checked by the full sweep)
+    # no successor: in sync only if the current subscription already is the desired plan
+    return not (current is not None and _matches(change, current))
 
 
 class Worker:
@@ -427,7 +443,7 @@ class Worker:
                         return
                     count("adopted")
                     change = adopted
-                elif not needs_reconcile(change, cust.subscriptions or [], now):
+                elif not needs_reconcile(change, cust.subscriptions or [], now, full=full):
                     count("in_sync")
                     return
                 else:
