@@ -432,7 +432,7 @@ class Engine:
         elif result.state is State.WAITING:
             status = (
                 ChangeStatus.APPLIED
-                if (change.timing or result.timing) is Timing.IMMEDIATE
+                if (result.timing or change.timing) is Timing.IMMEDIATE
                 else ChangeStatus.SCHEDULED
             )
             when = result.converges_at or now
@@ -440,15 +440,18 @@ class Engine:
         else:  # still acting after max_steps: come back soon
             status = ChangeStatus.PENDING
             next_check = now + _backoff(change.attempts + 1)
-        if status is not change.status:
-            events.append(self._event(change, status, result))
+        details = dict(change.details)
+        if status is not change.status and status is not ChangeStatus.PENDING:
+            n = _next_transition(details)
+            events.append(self._event(change, status, result, n))
         updated = await self.store.update_change(
             change.id,
             status=status,
             last_error=None,
             next_attempt_at=next_check,
             converges_at=result.converges_at if status is not ChangeStatus.CONVERGED else now,
-            events=[e for e in events if e is not None],
+            details=details,
+            events=events,
         )
         await self._schedule(change.customer, next_check)
         if self.hooks.on_status:
@@ -462,13 +465,10 @@ class Engine:
         )
         return outcome
 
-    def _event(self, change: ChangeRecord, status: ChangeStatus, result: PlanResult) -> NewEvent:
-        kind = {
-            ChangeStatus.APPLIED: "plan_change.applied",
-            ChangeStatus.SCHEDULED: "plan_change.scheduled",
-            ChangeStatus.CONVERGED: "plan_change.converged",
-            ChangeStatus.PENDING: "plan_change.pending",
-        }.get(status, f"plan_change.{status.value}")
+    def _event(
+        self, change: ChangeRecord, status: ChangeStatus, result: PlanResult, n: int
+    ) -> NewEvent:
+        kind = f"plan_change.{status.value}"
         payload: dict[str, Any] = {
             "change_id": change.id,
             "customer": change.customer,
@@ -484,11 +484,7 @@ class Engine:
                 "before": change.details.get("entitlements_before"),
                 "after": change.details.get("entitlements_after"),
             }
-        return NewEvent(
-            type=kind,
-            payload=payload,
-            id=f"evt_{change.id}_{kind.split('.')[-1]}",
-        )
+        return NewEvent(type=kind, payload=payload, id=_event_id(change.id, n, kind))
 
     async def _fail(
         self,
@@ -505,18 +501,16 @@ class Engine:
             "plan": {"key": change.plan_key, "version": change.plan_version},
             "error": error,
         }
-        events = [
-            NewEvent(type=event, payload=payload, id=f"evt_{change.id}_{event.split('.')[-1]}")
-        ]
-        if event != "plan_change.failed":
-            events.append(
-                NewEvent(type="plan_change.failed", payload=payload, id=f"evt_{change.id}_failed")
-            )
+        details = dict(change.details)
+        n = _next_transition(details)
+        kinds = dict.fromkeys([event, "plan_change.failed"])
+        events = [NewEvent(type=k, payload=payload, id=_event_id(change.id, n, k)) for k in kinds]
         await self.store.update_change(
             change.id,
             status=ChangeStatus.FAILED,
             last_error=error,
             next_attempt_at=None,
+            details=details,
             events=events,
         )
         await self._schedule(change.customer, None)
@@ -575,6 +569,19 @@ class Engine:
 
 def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
+
+
+def _next_transition(details: dict[str, Any]) -> int:
+    """Count the change's status transitions (kept in its details): event ids stay unique when
+    a converged change is healed and passes through a status again."""
+    n = int(details.get("transitions", 0)) + 1
+    details["transitions"] = n
+    return n
+
+
+def _event_id(change_id: str, n: int, kind: str) -> str:
+    """Stable event id: written once, in the transaction of the transition it reports."""
+    return f"evt_{change_id}_{n}_{kind.rsplit('.', 1)[-1]}"
 
 
 def _tags_of(observed: Observed, now: datetime) -> tuple[Mapping[str, str], datetime] | None:

@@ -252,3 +252,32 @@ async def test_usage_lost_by_an_edit_is_detected_and_not_retried(
     again = await rt.engine.reconcile("acme")
     assert again.state == "not_open"
     assert await mutations(control) == [("PATCH", "")]
+
+
+async def test_healed_drift_after_convergence_emits_fresh_events(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    await onboard(story, "free", START)
+    await story.change("starter")
+    await story.set_clock(BOUNDARY + timedelta(minutes=1))
+    assert (await story.reconcile()).status == "converged"
+    # Someone edits pro credits onto the starter subscription by hand.
+    pro = await rt.engine.catalog.get("pro")
+    card = pro.phases[0].card("api_credits")
+    assert card is not None
+    cur, _ = await story.subs()
+    await rt.client.edit_subscription(
+        cur.id, [{"op": "add_item", "phaseKey": "default", "rateCard": dict(card.raw)}]
+    )
+    out = await story.reconcile()
+    assert out.status == "scheduled"  # healed at the next boundary, never mid-period
+    await story.set_clock(BOUNDARY + timedelta(days=28, minutes=2))
+    assert (await story.reconcile()).status == "converged"
+    cur, _ = await story.subs()
+    assert plan_key(cur) == "starter"
+    events, _ = await rt.store.list_events(limit=20)
+    assert sorted(e.type for e in events) == [
+        "plan_change.applied", "plan_change.converged", "plan_change.converged",
+        "plan_change.scheduled",
+    ]
+    assert len({e.id for e in events}) == 4
