@@ -86,7 +86,7 @@ def test_status_preview_and_plan_change(emu: Emu, svc: ServiceServer, db: Path) 
     preview = dry.json()
     assert preview["direction"] == "upgrade" and preview["timing"] == "immediate"
     assert preview["target"]["key"] == "starter"
-    assert [a["method"] for a in preview["actions"]][0] == "PATCH"
+    assert preview["actions"][0]["method"] == "PATCH"
     assert len(emu.mutations()) == 1  # only the test's own POST /subscriptions: nothing changed
     assert db.exists()
     with sqlite3.connect(db) as c:
