@@ -411,6 +411,9 @@ class Worker:
         kind = "full_sweep" if full else "sweep"
         now = await self.rt.clock.now()
         store = self.rt.store
+        batch = list(batch)
+        # One store round trip per page, not one per customer (the no-op sweep's hot path).
+        known = await store.desired_for_many(r for c in batch for r in (c.key, c.id) if r)
         check_sem = asyncio.Semaphore(self.concurrency)
 
         def count(result: str) -> None:
@@ -423,7 +426,7 @@ class Worker:
                     return
                 change: ChangeRecord | None = None
                 for ref in dict.fromkeys(r for r in (cust.key, cust.id) if r):
-                    change = await store.desired_for(ref)
+                    change = known.get(ref)
                     if change is not None:
                         break
                 if change is None:

@@ -769,6 +769,29 @@ class Store:
 
         return await self._tx(op, write=False)
 
+    async def desired_for_many(self, refs: Iterable[str]) -> dict[str, ChangeRecord]:
+        """``desired_for`` of many customers in one transaction (a few ``IN`` queries): the sweep
+        looks a page of customers up at once instead of one transaction per customer. Keyed by
+        the reference given; references without desired state are absent."""
+        wanted = list(dict.fromkeys(refs))
+        if not wanted:
+            return {}
+
+        async def op(conn: AsyncConnection) -> dict[str, ChangeRecord]:
+            out: dict[str, ChangeRecord] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = await conn.execute(
+                    sa.select(change_requests, customers.c.customer.label("desired_ref"))
+                    .join(customers, customers.c.desired_change_id == change_requests.c.id)
+                    .where(customers.c.customer.in_(chunk))
+                )
+                for row in rows:
+                    out[row._mapping["desired_ref"]] = _change(row)
+            return out
+
+        return await self._tx(op, write=False)
+
     async def list_changes(
         self,
         status: ChangeStatus | str | None = None,
