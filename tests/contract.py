@@ -15,7 +15,8 @@ is loaded with exactly these adjustments made in memory:
    ``"price": null``.
 2. Non-exploded ``deepObject`` query parameters (``listPlans`` ``keyVersion``, ``queryMeter``
    ``filterGroupBy``): openapi-core refuses every request of such an operation.
-3. ``application/cloudevents-batch+json`` bodies: openapi-core has no deserializer for them.
+3. ``+json`` media types (``application/problem+json`` errors, CloudEvents single and batch
+   bodies): this openapi-core has no deserializer for them; they are plain JSON.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ def spec() -> OpenAPI:
         pytest.skip(f"OpenMeter OpenAPI spec not found at {SPEC_PATH}")
     with SPEC_PATH.open() as f:
         data = yaml.safe_load(f)
-    config = Config(
-        extra_media_type_deserializers={
-            "application/cloudevents-batch+json": lambda b: json.loads(b),
-        }
-    )
+    plain_json = {
+        media: json.loads
+        for media in (
+            "application/problem+json",
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+        )
+    }
+    config = Config(extra_media_type_deserializers=plain_json)
     return OpenAPI.from_dict(_relax(data), config=config)
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -55,13 +56,44 @@ def patch_conflict(msg: str) -> ApiError:
     return ApiError(409, f"patch conflict error: {msg}")
 
 
-def issue(status: int, code: str, message: str, field: str | None = None) -> ApiError:
+def issue(
+    status: int, code: str, message: str, field: str | None = None, *more_fields: str
+) -> ApiError:
     """A validation *issue* with an HTTP status attribute (``HandleIssueIfHTTPStatusKnown``):
-    ``detail`` is the issue message, ``extensions.validationErrors`` lists the issue."""
-    ext: dict[str, Any] = {"code": code, "message": message, "severity": "critical"}
-    if field:
-        ext["field"] = field
-    return ApiError(status, message, {"validationErrors": [ext]})
+    ``detail`` is the issue message, ``extensions.validationErrors`` lists the issue, once per
+    field it concerns (``pkg/models/validationissue.go`` ``AsErrorExtension``: ``field`` is the
+    issue's field descriptor as a JSON path, omitted when empty)."""
+    entries = []
+    for f in (field, *more_fields):
+        ext: dict[str, Any] = {"code": code, "message": message, "severity": "critical"}
+        if f:
+            ext["field"] = f
+        entries.append(ext)
+    return ApiError(status, message, {"validationErrors": entries})
+
+
+def go_time(dt: datetime) -> str:
+    """Go's ``time.Time.String()`` for a UTC time: ``2026-01-15 10:00:00.5 +0000 UTC``."""
+    frac = f".{dt.microsecond:06d}".rstrip("0") if dt.microsecond else ""
+    return dt.strftime("%Y-%m-%d %H:%M:%S") + frac + " +0000 UTC"
+
+
+def subscription_field(
+    plan: dict[str, Any] | None, customer_id: str, start: datetime, end: datetime | None
+) -> str:
+    """``openmeter/subscription/uniqueness.go`` ``subscriptionSpecToFieldSelectors`` rendered by
+    ``FieldDescriptor.JSONPath`` (``pkg/models/fielddescriptor.go``, ``fieldexpression.go``)."""
+    if plan is None:
+        head = "plans"
+    else:
+        attrs = [("key", plan.get("key")), ("version", plan.get("version")), ("id", plan.get("id"))]
+        cond = " && ".join(f"@.{k}=='{v}'" for k, v in attrs if v not in (None, "", 0))
+        head = f"plans[?({cond})]"
+    sub = [("customerId", customer_id), ("activeFrom", go_time(start))]
+    if end is not None:
+        sub.append(("activeTo", go_time(end)))
+    cond = " && ".join(f"@.{k}=='{v}'" for k, v in sub)
+    return f"$.{head}.subscriptions[?({cond})]"
 
 
 def transition(action: str, state: str) -> ApiError:
@@ -72,6 +104,13 @@ def transition(action: str, state: str) -> ApiError:
 SINGLE_SUB_CODE = "only_single_subscription_allowed_per_customer_at_a_time"
 
 
-def single_subscription() -> ApiError:
-    """``openmeter/subscription/errors.go`` ``ErrOnlySingleSubscriptionAllowed`` (409 issue)."""
-    return issue(409, SINGLE_SUB_CODE, "only single subscription is allowed per customer at a time")
+def single_subscription(this_field: str, other_field: str) -> ApiError:
+    """``openmeter/subscription/errors.go`` ``ErrOnlySingleSubscriptionAllowed`` (409 issue),
+    reported once for each side of the overlap (``uniqueness.go``)."""
+    return issue(
+        409,
+        SINGLE_SUB_CODE,
+        "only single subscription is allowed per customer at a time",
+        this_field,
+        other_field,
+    )

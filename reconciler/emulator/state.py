@@ -870,6 +870,7 @@ class State:
                     400,
                     "subscription_phase_has_no_items",
                     f"subscription phase {new_phase.key} has no items",
+                    f"$.phases.{new_phase.key}",
                 )
         if check:
             self._check_overlap(cust, sub, exclude=None)
@@ -895,7 +896,10 @@ class State:
             ):
                 if a_end is not None and a_end == sub.active_from:
                     continue  # zero-length
-                raise E.single_subscription()
+                raise E.single_subscription(
+                    E.subscription_field(sub.plan_ref, sub.customer_id, sub.active_from, a_end),
+                    E.subscription_field(o.plan_ref, o.customer_id, o.active_from, b_end),
+                )
 
     # ------------------------------------------------------------------ materialisation
 
@@ -1339,6 +1343,7 @@ class State:
                             400,
                             "subscription_item_history_overlap",
                             f"item history overlaps for key {key} in phase {phase.key}",
+                            f"$.phases.{phase.key}.itemsByKey.{key}[{i}]",
                         )
                     prev_end = end
             if final and not phase.items:
@@ -1346,6 +1351,7 @@ class State:
                     400,
                     "subscription_phase_has_no_items",
                     f"subscription phase {phase.key} has no items",
+                    f"$.phases.{phase.key}",
                 )
 
     # ------------------------------------------------------------------ cancel / continue / change

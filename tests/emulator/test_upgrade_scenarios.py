@@ -227,6 +227,12 @@ async def test_single_subscription_per_customer(api: Api) -> None:
     assert r["extensions"]["validationErrors"][0]["code"] == (
         "only_single_subscription_allowed_per_customer_at_a_time"
     )
+    # One entry per side of the overlap, each naming it by a JSON path (uniqueness.go).
+    fields = [e["field"] for e in r["extensions"]["validationErrors"]]
+    assert len(fields) == 2
+    assert fields[0].startswith("$.plans[?(@.key=='pro' && @.version=='1' && @.id=='")
+    assert fields[1].startswith("$.plans[?(@.key=='free' && @.version=='1' && @.id=='")
+    assert "@.activeFrom=='2026-03-10 08:30:45.123456 +0000 UTC'" in fields[1]
     r = await api.post(
         "/api/v1/subscriptions", {"customerKey": "nobody", "plan": {"key": "pro"}}, expect=404
     )
