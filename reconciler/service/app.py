@@ -135,6 +135,7 @@ class Service:
     worker: Worker | None = None
     startup_error: BaseException | None = None
     _ready: tuple[float, list[str]] | None = None
+    _migrated: bool = False
     _probe: httpx.AsyncClient | None = field(default=None, repr=False)
 
     @property
@@ -226,9 +227,12 @@ class Service:
             return ["the service is starting or stopping"]
         if not await rt.store.ping():
             reasons.append("database unreachable")
-        else:
+        elif not self._migrated:
+            # Checked until it holds once: the schema does not move back under a running
+            # process, and the check is not free (Alembic reads its scripts).
             try:
-                if not await rt.store.is_migrated():
+                self._migrated = await rt.store.is_migrated()
+                if not self._migrated:
                     reasons.append("database schema is not at the newest migration")
             except StoreError as exc:
                 reasons.append(f"database error: {exc}")

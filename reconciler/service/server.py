@@ -62,7 +62,11 @@ def serve(settings: Settings) -> None:
         server_header=False,
     )
     server = _Server(config)
-    asyncio.run(_serve(server, svc))
+    try:
+        asyncio.run(_serve(server, svc))
+    except SystemExit:  # uvicorn exits with 3 when the lifespan start-up failed
+        if svc.startup_error is None:
+            raise
     err = svc.startup_error
     if err is None:
         if not server.started:
