@@ -268,3 +268,16 @@ async def test_concurrent_duplicate_webhooks(
     assert sum(r.created for r in results) == 1
     assert len({r.change.id for r in results}) == 1
     assert await _count(store, change_requests) == 1
+
+
+async def test_desired_for_many(store: Store) -> None:
+    a = (await store.submit_change("a", "pro", None, T0, "webhook", "1", T0)).change
+    b1 = (await store.submit_change("b", "basic", None, T0, "webhook", "2", T0)).change
+    b2 = (await store.submit_change("b", "pro", None, T0 + H, "webhook", "3", T0)).change
+    await store.schedule_customer("no-desired", T0)
+    got = await store.desired_for_many(["a", "b", "b", "no-desired", "unknown"])
+    assert got == {"a": a, "b": await store.get_change(b2.id)}
+    assert b1.id not in {c.id for c in got.values()}
+    assert await store.desired_for_many([]) == {}
+    many = [f"x{i}" for i in range(1200)]  # more than one IN chunk
+    assert await store.desired_for_many(many) == {}
