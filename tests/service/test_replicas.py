@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Emu, ServiceServer, make_settings, pg_query, plan_change, wait_for
@@ -95,3 +101,53 @@ def test_two_replicas_apply_each_mutation_once(emu: Emu, pg_url: str) -> None:
     # both replicas took part in the work
     assert sum(worked.values()) == 2 * CUSTOMERS
     assert all(v > 0 for v in worked.values()), worked
+
+
+def test_admin_documents_match_the_cli(emu: Emu, pg_url: str, tmp_path: Path) -> None:
+    """``GET /v1/customers/{c}`` is ``reconciler status --json``; the dry run is
+    ``reconciler change --dry-run --json`` (same database, same OpenMeter)."""
+    emu.customer("same")
+    emu.advance(86400)
+    emu.use("same", 77)
+    settings = make_settings(emu.url, pg_url, instance_id="svc")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")} | {
+        "RECONCILER_SECRETS_DIR": str(tmp_path / "none"),
+        "RECONCILER_OPENMETER_URL": emu.url,
+        "RECONCILER_DATABASE_URL": pg_url,
+        "RECONCILER_POLICY_PATH": str(settings.policy_path),
+        "RECONCILER_CLOCK_URL": f"{emu.url}/_emulator/clock",
+        "RECONCILER_LOG_LEVEL": "ERROR",
+    }
+
+    def cli(*args: str) -> Any:
+        out = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", *args],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr.decode()
+        return json.loads(out.stdout)
+
+    def stable(doc: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if k not in ("observed_at", "recent_audit", "now")}
+
+    with ServiceServer(settings) as svc:
+        assert svc.webhook(plan_change("same", "starter")).status_code == 202
+        wait_for(lambda: pg_query(pg_url, "SELECT status FROM change_requests") == [("applied",)])
+        api = svc.admin("GET", "/v1/customers/same").json()
+        assert stable(api) == stable(cli("status", "same", "--json"))
+        assert api["desired"]["status"] == "applied"
+
+        dry = svc.admin(
+            "POST", "/v1/customers/same/plan-change", json={"plan": "pro", "dry_run": True}
+        ).json()
+        expected = cli("change", "same", "pro", "--dry-run", "--json")
+        assert dry.keys() == expected.keys()
+        # the emulator's clock runs between the two calls: times and prorated charges move
+        moving = ("effective_at", "charges", "now", "observed_at")
+        assert {k: v for k, v in dry.items() if k not in moving} == {
+            k: v for k, v in expected.items() if k not in moving
+        }
+        assert dry["target"]["key"] == "pro"
