@@ -67,7 +67,7 @@ async def test_upgrade_and_downgrade_events_reach_the_portal(
             assert (await rt.engine.reconcile("acme")).status == "applied"
             stats = await deliverer.run_once(await deliverer.now())
             assert stats.delivered == 1
-            applied = receiver.processed[f"evt_{up.change.id}_applied"]
+            applied = receiver.processed[f"evt_{up.change.id}_1_applied"]
             assert applied["type"] == "plan_change.applied"
             data = applied["data"]
             assert data["plan"] == {"key": "starter", "version": 1}
@@ -89,7 +89,7 @@ async def test_upgrade_and_downgrade_events_reach_the_portal(
             )
             assert (await rt.engine.reconcile("acme")).status == "scheduled"
             assert (await deliverer.run_once(await deliverer.now())).delivered == 1
-            scheduled = receiver.processed[f"evt_{down.change.id}_scheduled"]["data"]
+            scheduled = receiver.processed[f"evt_{down.change.id}_1_scheduled"]["data"]
             assert scheduled["timing"] == "next_billing_cycle"
             assert scheduled["effective_at"] == "2026-02-15T10:00:00+00:00"
 
@@ -97,7 +97,7 @@ async def test_upgrade_and_downgrade_events_reach_the_portal(
             await post("/_emulator/clock", {"now": boundary.isoformat()})
             assert (await rt.engine.reconcile("acme")).status == "converged"
             assert (await deliverer.run_once(await deliverer.now())).delivered == 1
-            assert receiver.processed[f"evt_{down.change.id}_converged"]["type"] == (
+            assert receiver.processed[f"evt_{down.change.id}_2_converged"]["type"] == (
                 "plan_change.converged"
             )
             assert receiver.duplicates == [] and receiver.invalid == 0
