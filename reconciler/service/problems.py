@@ -9,7 +9,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 PROBLEM_JSON = "application/problem+json"
-_TYPE_BASE = "https://github.com/openmeter-reconciler/docs/OPERATIONS.md#problem-"
+_TYPE_BASE = "urn:reconciler:problem:"  # stable identifiers; docs/OPERATIONS.md explains them
 
 
 class ProblemError(Exception):

@@ -145,7 +145,7 @@ def _problem(r: httpx.Response) -> tuple[int, str]:
     assert r.headers["content-type"] == "application/problem+json"
     doc = r.json()
     assert doc["status"] == r.status_code
-    assert doc["type"].startswith("https://") and doc["title"]
+    assert doc["type"].startswith("urn:reconciler:problem:") and doc["title"]
     return r.status_code, doc["detail"]
 
 
