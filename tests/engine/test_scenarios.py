@@ -277,7 +277,9 @@ async def test_healed_drift_after_convergence_emits_fresh_events(
     assert plan_key(cur) == "starter"
     events, _ = await rt.store.list_events(limit=20)
     assert sorted(e.type for e in events) == [
-        "plan_change.applied", "plan_change.converged", "plan_change.converged",
+        "plan_change.applied",
+        "plan_change.converged",
+        "plan_change.converged",
         "plan_change.scheduled",
     ]
     assert len({e.id for e in events}) == 4
