@@ -376,12 +376,18 @@ class Engine:
     async def _proof_before(
         self, change: ChangeRecord, observed: Observed, target: Plan
     ) -> dict[str, Any]:
+        """Usage of every metered feature of the current and target items, right before the
+        edit. The observation that planned the edit has just read the current ones; only the
+        target's features it did not cover are read now."""
         features = set(observed.values)
         for phase in target.phases:
             for card in phase.rate_cards:
                 if card.entitlement and card.entitlement.type == "metered" and card.feature_key:
                     features.add(card.feature_key)
-        values = await self.observer.values(observed.customer_id, features)
+        values = dict(observed.values)
+        missing = features - set(values)
+        if missing:
+            values.update(await self.observer.values(observed.customer_id, missing))
         return {k: _value_dict(v) for k, v in sorted(values.items())}
 
     async def _proof_after(
