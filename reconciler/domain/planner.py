@@ -160,9 +160,11 @@ def _edit(
 
 
 def _layout_error(sub: ObservedSubscription, target: Plan) -> str | None:
+    """The subscription's phases must be the target's, or their tail: a subscription started
+    in a later phase (``startingPhase``) has only the phases from there on."""
     have = [p.key for p in sub.phases]
     want = [p.key for p in target.phases]
-    if have == want or (len(want) == 1 and len(have) == 1):
+    if (len(want) == 1 and len(have) == 1) or (have and want[-len(have) :] == have):
         return None
     return (
         f"target plan {target.key}@v{target.version} has phases {want} but the subscription "

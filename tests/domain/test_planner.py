@@ -329,3 +329,18 @@ def test_each_mutation_at_most_once_per_request(start: Plan, target: Plan) -> No
     assert set(kinds) <= {"edit_items", "schedule_change"}
     assert ("edit_items" in kinds) == (LADDER.index(target.key) > LADDER.index(start.key))
     assert PLANS[target.key] is target
+
+
+def test_subscription_started_in_a_later_phase_matches_the_tail_of_the_layout() -> None:
+    from omodel import card, make_plan
+
+    paid_only = make_plan("starter", 1, [card("api_credits", 10)], phases=("paid",))
+    phased = make_plan("pro", 1, [card("api_credits", 99)], phases=("trial", "paid"))
+    w = World(subscription(paid_only))
+    r = plan(w.observe(), want(phased), phased, POLICY, T0)
+    assert r.state is State.ACTING and r.refusal is None
+    edit = r.actions[0]
+    assert isinstance(edit, EditItems) and edit.phase_key == "paid"
+    wrong_order = make_plan("pro", 2, [card("api_credits", 99)], phases=("paid", "trial"))
+    r = plan(w.observe(), want(wrong_order), wrong_order, POLICY, T0)
+    assert r.state is State.REFUSED

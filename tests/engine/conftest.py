@@ -29,14 +29,15 @@ def emulator() -> Iterator[EmulatorServer]:
 
 
 def make_settings(em: EmulatorServer, db: Path, **extra: object) -> Settings:
-    return Settings(
-        openmeter_url=em.url,
-        database_url=f"sqlite+aiosqlite:///{db}",  # type: ignore[arg-type]
-        policy_path=POLICY,
-        clock_url=f"{em.url}/_emulator/clock",
-        openmeter_read_retries=1,
-        **extra,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "openmeter_url": em.url,
+        "database_url": f"sqlite+aiosqlite:///{db}",
+        "policy_path": POLICY,
+        "clock_url": f"{em.url}/_emulator/clock",
+        "openmeter_read_retries": 1,
+    }
+    values.update(extra)
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture

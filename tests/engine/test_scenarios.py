@@ -283,3 +283,39 @@ async def test_healed_drift_after_convergence_emits_fresh_events(
         "plan_change.scheduled",
     ]
     assert len({e.id for e in events}) == 4
+
+
+async def test_multi_phase_upgrade_edits_the_current_phase_and_keeps_it_at_the_boundary(
+    emulator: EmulatorServer, control: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    doc = Path(__file__).with_name("phased_plans.yaml").read_text()
+    (await control.post("/_emulator/catalog", content=doc)).raise_for_status()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nladder: [team, business]\n")
+    settings = make_settings(emulator, tmp_path / "r.db", policy_path=policy)
+    async with open_runtime(settings) as rt:
+        story = Story(rt, control)
+        await story.onboard("team", START)
+        # Day 20: the trial (14 days) is over, the customer is in the paid phase.
+        await story.set_clock(START + timedelta(days=20))
+        await story.use(50_000)
+        (await control.delete("/_emulator/requests")).raise_for_status()
+        out = await story.change("business")
+        assert out.status == "applied"
+        patch = next(a for a in out.applied if a["action"] == "edit_items")
+        assert {op["phaseKey"] for op in patch["body"]["customizations"]} == {"paid"}
+        change = next(a for a in out.applied if a["action"] == "schedule_change")
+        assert change["body"]["startingPhase"] == "paid"  # no second trial after the boundary
+        # The paid phase started on day 14, inside this usage period: usage counts from then.
+        assert await story.value() == (50_000, 1_950_000)
+        change_rec = await rt.store.desired_for("acme")
+        assert change_rec is not None
+        assert any(
+            "started inside the current usage period" in w
+            for w in change_rec.details.get("warnings", [])
+        )
+        await story.set_clock(BOUNDARY + timedelta(minutes=1))
+        assert (await story.reconcile()).status == "converged"
+        cur, _ = await story.subs()
+        assert plan_key(cur) == "business"
+        assert await story.value() == (0, 2_000_000)
