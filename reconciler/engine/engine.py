@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
+
 from reconciler.domain.actions import (
     Action,
     CreateSubscription,
@@ -113,6 +115,12 @@ def _num(d: Decimal | None) -> int | float | str | None:
 
 def _backoff(attempts: int) -> timedelta:
     return min(RETRY_MAX, RETRY_BASE * (1 << min(16, max(0, attempts - 1))))
+
+
+def _may_still_be_running(exc: TransportError) -> bool:
+    """A mutation whose response timed out was sent and may still be in progress server-side
+    (a dropped connection, by contrast, means the server has finished with it)."""
+    return exc.ambiguous and isinstance(exc.cause, httpx.TimeoutException)
 
 
 def _same_call(a: Action, b: Action) -> bool:
@@ -230,7 +238,10 @@ class Engine:
                 # Applied or not? Only the next observation can tell.
                 ambiguous += 1
                 await self._audit_outcome(change, action, "ambiguous", str(exc))
-                if ambiguous > 2:
+                if ambiguous > 2 or _may_still_be_running(exc):
+                    # A timed-out mutation may still be running in OpenMeter: an observation
+                    # now could miss it and send it again (both would apply). Look again after
+                    # the retry backoff, once it has settled.
                     raise
                 continue
             except ServerError as exc:
