@@ -108,6 +108,12 @@ class Metrics:
             ["kind", "result"],
             registry=r,
         )
+        self.event_attempts = Counter(
+            f"{NS}_outbound_event_attempts",
+            "Outbound event delivery attempts by event type and outcome.",
+            ["type", "outcome"],
+            registry=r,
+        )
         self.webhooks = Counter(
             f"{NS}_webhook_requests",
             "Portal webhook requests by outcome.",
@@ -130,6 +136,9 @@ class Metrics:
         self.call_seconds.labels(rec.operation).observe(rec.duration_s)
         if rec.attempt > 1:
             self.retries.labels(rec.operation).inc()
+
+    def count_event_attempt(self, event_type: str, outcome: str) -> None:
+        self.event_attempts.labels(event_type, outcome).inc()
 
     def hooks(self) -> Hooks:
         return Hooks(

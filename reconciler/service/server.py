@@ -24,6 +24,7 @@ from reconciler.domain.policy import PolicyError
 from reconciler.logs import get_logger
 from reconciler.service.app import Service, create_app
 from reconciler.service.webhooks import WebhookConfigError
+from reconciler.service.worker import EventsConfigError
 from reconciler.settings import Settings
 from reconciler.store import StoreLockedError
 
@@ -74,7 +75,7 @@ def serve(settings: Settings) -> None:
         return
     if isinstance(err, PolicyError):
         raise err
-    if isinstance(err, StoreLockedError):
+    if isinstance(err, (StoreLockedError, EventsConfigError)):
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(EXIT_CONFIG)
     sys.stderr.write(f"error: the service failed to start: {type(err).__name__}: {err}\n")

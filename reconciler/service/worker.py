@@ -31,6 +31,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from reconciler.engine.observe import pick
+from reconciler.events import EventDeliverer
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter.models import Customer, Subscription
 from reconciler.runtime import Runtime
@@ -129,6 +130,10 @@ async def read_ahead(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T
             await aclose()
 
 
+class EventsConfigError(ValueError):
+    """Outbound events are configured but unusable (URL or secret); the message has no secret."""
+
+
 class Worker:
     def __init__(
         self,
@@ -157,6 +162,7 @@ class Worker:
         self._leader_cm: AbstractAsyncContextManager[Leadership] | None = None
         self.leadership: Leadership | None = None
         self._leader_lock = asyncio.Lock()
+        self.deliverer: EventDeliverer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -166,6 +172,17 @@ class Worker:
 
     async def start(self) -> None:
         s = self.rt.settings
+        if s.events_url is not None:
+            try:
+                self.deliverer = EventDeliverer(
+                    self.rt.store,
+                    s.events_url.get_secret_value(),
+                    s.events_secret.get_secret_value() if s.events_secret else "",
+                    self.rt.clock,
+                    on_attempt=self.metrics.count_event_attempt,
+                )
+            except ValueError as exc:
+                raise EventsConfigError(str(exc)) from None
         self._leader_cm = self.rt.store.leader("sweep")
         self.leadership = await self._leader_cm.__aenter__()
         self.metrics.leader.labels("sweep").set(1 if self.leadership.held else 0)
@@ -208,6 +225,16 @@ class Worker:
             coalesce=True,
             max_instances=1,
         )
+        if self.deliverer is not None:
+            sched.add_job(
+                self._spawn_job,
+                IntervalTrigger(seconds=s.due_poll_seconds),
+                args=["events"],
+                id="events",
+                next_run_time=datetime.now(UTC),
+                coalesce=True,
+                max_instances=1,
+            )
         sched.start()
         log.info(
             "worker_started",
@@ -253,6 +280,9 @@ class Worker:
                 for t in still:
                     t.cancel()
                 await asyncio.gather(*still, return_exceptions=True)
+        if self.deliverer is not None:
+            await self.deliverer.aclose()
+            self.deliverer = None
         if self._leader_cm is not None:
             await self._leader_cm.__aexit__(None, None, None)
             self._leader_cm = None
@@ -372,7 +402,12 @@ class Worker:
         if running is not None and not running.done():
             log.debug("job_still_running", job=name)
             return running
-        coro = self.refresh() if name == "refresh" else self._sweep_job(full=name == "full_sweep")
+        if name == "refresh":
+            coro = self.refresh()
+        elif name == "events":
+            coro = self.deliver_events()
+        else:
+            coro = self._sweep_job(full=name == "full_sweep")
         task = asyncio.create_task(coro, name=f"job:{name}")
         self._jobs[name] = task
         task.add_done_callback(functools.partial(self._job_done, name))
@@ -384,6 +419,12 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+
+    async def deliver_events(self) -> None:
+        """Deliver due outbound events (leader only, so one replica posts each event)."""
+        if self.deliverer is None or not await self.check_leader():
+            return
+        await self.deliverer.run_once(await self.deliverer.now())
 
     async def _sweep_job(self, *, full: bool) -> None:
         await self.sweep(full=full)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chartlib import (
+
+from .chartlib import (
     CHART,
     NAMESPACE,
     RELEASE,

@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass, field
 
 import yaml
-from chartlib import CHART, REPO
+
+from .chartlib import CHART, REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from chartlib import CHART, VALUES_FILES, RenderFn
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
+
+from .chartlib import CHART, VALUES_FILES, RenderFn
 
 pytestmark = pytest.mark.helm
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import RenderFn, run_helm
+
+from .chartlib import RenderFn, run_helm
 
 pytestmark = pytest.mark.helm
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chartlib import CHART, NAMESPACE, RELEASE, VALUES_FILES, FailFn, RenderFn, run_helm
 
 from reconciler.settings import Settings
+
+from .chartlib import CHART, NAMESPACE, RELEASE, VALUES_FILES, FailFn, RenderFn, run_helm
 
 pytestmark = pytest.mark.helm
 

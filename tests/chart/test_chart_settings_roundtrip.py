@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from chartlib import Rendered, RenderFn
 
 from reconciler.settings import load_settings
+
+from .chartlib import Rendered, RenderFn
 
 pytestmark = pytest.mark.helm
 

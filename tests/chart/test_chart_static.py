@@ -11,7 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from chartlib import CHART, REPO, VALUES_FILES
+
+from .chartlib import CHART, REPO, VALUES_FILES
 
 CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text())
 VALUES_TEXT = (CHART / "values.yaml").read_text()

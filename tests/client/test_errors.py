@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 import respx
-from payloads import NEXT_ID, SUB_ID, SUBSCRIPTION
 
 from reconciler.openmeter import (
     BadRequest,
@@ -20,6 +19,8 @@ from reconciler.openmeter import (
     TransportError,
     UnexpectedStatus,
 )
+
+from .payloads import NEXT_ID, SUB_ID, SUBSCRIPTION
 
 PROBLEM = "application/problem+json"
 

@@ -9,20 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from payloads import (
-    API_CREDITS_CARD,
-    CHANGE_RESPONSE,
-    CUS_ID,
-    ENTITLEMENT_VALUE,
-    FEATURE,
-    ITEM_NEW,
-    ITEM_OLD,
-    NEXT_ID,
-    PLAN_FREE_ID,
-    PLAN_STARTER,
-    SUB_ID,
-    SUBSCRIPTION_EXPANDED,
-)
 
 from reconciler.domain.model import (
     EntitlementTemplate,
@@ -44,6 +30,21 @@ from reconciler.openmeter.models import (
     SubscriptionExpanded,
     SubscriptionItem,
     UsageBasedRateCard,
+)
+
+from .payloads import (
+    API_CREDITS_CARD,
+    CHANGE_RESPONSE,
+    CUS_ID,
+    ENTITLEMENT_VALUE,
+    FEATURE,
+    ITEM_NEW,
+    ITEM_OLD,
+    NEXT_ID,
+    PLAN_FREE_ID,
+    PLAN_STARTER,
+    SUB_ID,
+    SUBSCRIPTION_EXPANDED,
 )
 
 T0 = datetime(2026, 1, 10, 8, 30, 45, 123456, tzinfo=UTC)

@@ -14,7 +14,19 @@ import httpx
 import pytest
 import respx
 from contract import assert_request as assert_valid
-from payloads import (
+
+from reconciler.domain.model import Timing
+from reconciler.openmeter import NotFound, OpenMeterClient
+from reconciler.openmeter.mapping import to_plan
+from reconciler.openmeter.models import (
+    CloudEvent,
+    EntitlementBooleanV2,
+    EntitlementMeteredV2,
+    PlanModel,
+    TieredPrice,
+)
+
+from .payloads import (
     CHANGE_RESPONSE,
     CUS_ID,
     CUSTOMER,
@@ -31,17 +43,6 @@ from payloads import (
     SUBSCRIPTION_EXPANDED,
     UNIT_CARD,
     page,
-)
-
-from reconciler.domain.model import Timing
-from reconciler.openmeter import NotFound, OpenMeterClient
-from reconciler.openmeter.mapping import to_plan
-from reconciler.openmeter.models import (
-    CloudEvent,
-    EntitlementBooleanV2,
-    EntitlementMeteredV2,
-    PlanModel,
-    TieredPrice,
 )
 
 

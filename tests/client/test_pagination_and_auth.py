@@ -8,11 +8,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import respx
-from conftest import BASE
-from payloads import CUS_ID, CUSTOMER, PLAN_STARTER, SUB_ID, SUBSCRIPTION, page
 
 from reconciler.openmeter import OpenMeterClient, ServerError
 from reconciler.settings import Settings
+
+from .conftest import BASE
+from .payloads import CUS_ID, CUSTOMER, PLAN_STARTER, SUB_ID, SUBSCRIPTION, page
 
 
 def q(request: httpx.Request) -> dict[str, list[str]]:

@@ -9,8 +9,6 @@ from email.utils import format_datetime
 import httpx
 import pytest
 import respx
-from conftest import BASE, Sleeps
-from payloads import CUS_ID, ENTITLEMENT_VALUE, SUB_ID, SUBSCRIPTION, SUBSCRIPTION_EXPANDED
 
 from reconciler.openmeter import (
     CallRecord,
@@ -21,6 +19,9 @@ from reconciler.openmeter import (
     TransportError,
 )
 from reconciler.openmeter.client import parse_retry_after
+
+from .conftest import BASE, Sleeps
+from .payloads import CUS_ID, ENTITLEMENT_VALUE, SUB_ID, SUBSCRIPTION, SUBSCRIPTION_EXPANDED
 
 PATH = f"/api/v1/subscriptions/{SUB_ID}"
 

@@ -6,7 +6,6 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from omodel import FREE, PLANS, PRO, STARTER, T0, World, subscription
 
 from reconciler.domain.actions import (
     CreateSubscription,
@@ -27,6 +26,8 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.planner import State, items_match, plan
 from reconciler.domain.policy import Policy
+
+from .omodel import FREE, PLANS, PRO, STARTER, T0, World, subscription
 
 LADDER = ["free", "starter", "pro"]
 
@@ -235,7 +236,7 @@ def test_guard_uses_observed_usage() -> None:
 
 
 def test_layout_mismatch_refused() -> None:
-    from omodel import card, make_plan
+    from .omodel import card, make_plan
 
     trial = make_plan("pro", 2, [card("api_credits", 10)], phases=("trial", "paid"))
     w = World(subscription(FREE))
@@ -265,7 +266,7 @@ def test_item_drift_on_right_plan_heals_at_boundary() -> None:
 
 
 def test_new_plan_version_is_lateral_change() -> None:
-    from omodel import make_plan
+    from .omodel import make_plan
 
     starter2 = make_plan("starter", 2, list(STARTER.phases[0].rate_cards))
     w = World(subscription(STARTER))
@@ -332,7 +333,7 @@ def test_each_mutation_at_most_once_per_request(start: Plan, target: Plan) -> No
 
 
 def test_subscription_started_in_a_later_phase_matches_the_tail_of_the_layout() -> None:
-    from omodel import card, make_plan
+    from .omodel import card, make_plan
 
     paid_only = make_plan("starter", 1, [card("api_credits", 10)], phases=("paid",))
     phased = make_plan("pro", 1, [card("api_credits", 99)], phases=("trial", "paid"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from conftest import T0, Api
+from .conftest import T0, Api
 
 
 async def test_plan_versions_publish_archive(api: Api) -> None:

@@ -6,9 +6,10 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import T0, Api
 
 from reconciler.emulator.app import ConnectionDropped
+
+from .conftest import T0, Api
 
 
 async def test_clock_controls(api: Api) -> None:

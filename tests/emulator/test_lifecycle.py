@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from conftest import T0, Api
+from .conftest import T0, Api
 
 
 async def test_cancel_timings_and_restore(api: Api) -> None:

@@ -6,7 +6,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import T0, Api
+
+from .conftest import T0, Api
 
 
 @pytest.mark.slow

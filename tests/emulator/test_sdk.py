@@ -9,11 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CATALOG, T0
 from corehttp.exceptions import HttpResponseError
 from openmeter import Client
 
 from reconciler.emulator import Clock, EmulatorServer
+
+from .conftest import CATALOG, T0
 
 
 def as_dict(model: Any) -> dict[str, Any]:

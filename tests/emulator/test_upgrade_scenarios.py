@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from conftest import T0, Api
+from .conftest import T0, Api
 
 CUSTOM_TIMING_DETAIL = (
     "validation error: invalid timing: validation error: cannot edit running subscription "

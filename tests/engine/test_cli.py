@@ -8,11 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DEMO, POLICY, START
 from typer.testing import CliRunner
 
 from reconciler.cli import app
 from reconciler.emulator.server import EmulatorServer
+
+from .conftest import DEMO, POLICY, START
 
 
 @pytest.fixture

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import START, make_settings
-from helpers import mutations, onboard, plan_key
 
 from reconciler.demo import Story
 from reconciler.domain.actions import Action
 from reconciler.emulator.server import EmulatorServer
 from reconciler.engine import Engine
 from reconciler.runtime import Runtime, open_runtime
+
+from .conftest import START, make_settings
+from .helpers import mutations, onboard, plan_key
 
 
 class Crash(BaseException):

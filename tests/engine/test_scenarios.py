@@ -6,14 +6,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from conftest import START, make_settings
-from helpers import mutations, onboard, plan_key
 
 from reconciler.demo import Story
 from reconciler.domain.model import META_CHANGE, META_PLAN
 from reconciler.emulator.server import EmulatorServer
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import AuditKind
+
+from .conftest import START, make_settings
+from .helpers import mutations, onboard, plan_key
 
 BOUNDARY = START + timedelta(days=31)  # Jan 15 -> Feb 15
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADMIN_TOKEN, Emu, ServiceServer, make_settings, plan_change, wait_for
+
+from .conftest import ADMIN_TOKEN, Emu, ServiceServer, make_settings, plan_change, wait_for
 
 
 @pytest.fixture

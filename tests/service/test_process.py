@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import (
+
+from .conftest import (
     ADMIN_TOKEN,
     POLICY,
     SECRET,

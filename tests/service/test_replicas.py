@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Emu, ServiceServer, make_settings, pg_query, plan_change, wait_for
+
+from .conftest import Emu, ServiceServer, make_settings, pg_query, plan_change, wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Emu, ServiceServer, make_settings, plan_change, wait_for
 
 from reconciler.openmeter.models import PlanReference, Subscription
 from reconciler.service.worker import needs_reconcile
 from reconciler.store.types import ChangeRecord, ChangeSource, ChangeStatus
+
+from .conftest import Emu, ServiceServer, make_settings, plan_change, wait_for
 
 
 def live(emu: Emu, customer: str) -> dict[str, list[dict[str, Any]]]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import T0
 
 from reconciler.store import (
     AuditEntry,
@@ -14,6 +13,8 @@ from reconciler.store import (
     NewEvent,
     Store,
 )
+
+from .conftest import T0
 
 M = timedelta(minutes=1)
 

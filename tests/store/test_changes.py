@@ -6,7 +6,6 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from conftest import T0
 
 from reconciler.domain.model import Direction, Timing
 from reconciler.store import (
@@ -20,6 +19,8 @@ from reconciler.store import (
     StoreConflictError,
 )
 from reconciler.store.schema import change_requests, outbox_events
+
+from .conftest import T0
 
 H = timedelta(hours=1)
 

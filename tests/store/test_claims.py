@@ -6,9 +6,10 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from conftest import PG_ADMIN_DSN, T0
 
 from reconciler.store import Store, StoreUnavailable
+
+from .conftest import PG_ADMIN_DSN, T0
 
 H = timedelta(hours=1)
 

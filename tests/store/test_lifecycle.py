@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import T0, Clock
 
 from reconciler.store import (
     Store,
@@ -14,6 +13,8 @@ from reconciler.store import (
     StoreUnavailable,
     normalize_url,
 )
+
+from .conftest import T0, Clock
 
 
 def test_url_normalisation() -> None:
@@ -136,7 +137,8 @@ async def test_unreachable_postgres_surfaces_store_unavailable(clock: Clock) -> 
 async def test_postgres_restart_like_disconnect_recovers(pg_database: str, clock: Clock) -> None:
     """Server-side termination of pooled connections: pre-ping/retry hides it from callers."""
     import psycopg
-    from conftest import PG_ADMIN_DSN
+
+    from .conftest import PG_ADMIN_DSN
 
     s = await Store.open(pg_database, instance_id="d", clock=clock)
     try:

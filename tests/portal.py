@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 SECRET = "whsec_" + base64.b64encode(b"portal-test-secret-0123456789abcdef").decode()
 
@@ -68,3 +75,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A ``Receiver`` served by uvicorn on a free loopback port at ``rec.url``."""
+    rec = Receiver()
+    app = Starlette(routes=[Route("/hook", rec.hook, methods=["POST"])])
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "receiver did not start"
+        time.sleep(0.01)
+    rec.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield rec
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
