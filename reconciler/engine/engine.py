@@ -33,6 +33,7 @@ from reconciler.domain.model import (
     EntitlementValue,
     Observed,
     Plan,
+    SubscriptionStatus,
     Timing,
 )
 from reconciler.domain.planner import ChangePolicy, PlanResult, State, plan
@@ -203,7 +204,7 @@ class Engine:
         if change.plan_version is None:
             change = await self.store.update_change(change.id, plan_version=target.version)
         desired = change.to_desired()
-        settled = change.status is ChangeStatus.CONVERGED
+        converged = change.status is ChangeStatus.CONVERGED
         outcome = Outcome(customer, change.id, change.status.value, "acting")
         last_failure: tuple[Action, OpenMeterError] | None = None
         ambiguous = 0
@@ -214,6 +215,11 @@ class Engine:
             if change.customer_id is None:
                 change = await self.store.update_change(change.id, customer_id=observed.customer_id)
             change = await self._check_pending_proof(change, observed, outcome)
+            change = await self._clear_resuming(change, observed)
+            # A cancelation left behind by our own deletion of a successor (marked durably
+            # before the DELETE, so a crash in between is covered) is ours to undo, not a
+            # cancelation made outside the reconciler.
+            settled = converged and not _resuming(change, observed)
             result = plan(observed, desired, target, self.policy, now, settled=settled)
             if step == 0:
                 change = await self._record_decision(change, result, observed)
@@ -227,6 +233,11 @@ class Engine:
                     change, f"{action.kind} refused by OpenMeter ({err.status}): {err.detail}"
                 )
             before = None
+            cur = observed.current
+            if isinstance(action, DeleteScheduled) and cur is not None:
+                change = await self.store.update_change(
+                    change.id, details={**change.details, "resuming": cur.id}
+                )
             if isinstance(action, EditItems):
                 before = await self._proof_before(change, observed, target)
                 change = await self.store.update_change(
@@ -264,7 +275,7 @@ class Engine:
             )
             if self.hooks.on_action:
                 self.hooks.on_action(action.kind, "applied")
-            if settled and self.hooks.on_drift_healed:
+            if converged and self.hooks.on_drift_healed:
                 self.hooks.on_drift_healed(action.kind)
             if self._after_action is not None:
                 await self._after_action(action)
@@ -418,6 +429,12 @@ class Engine:
         details = {k: v for k, v in change.details.items() if k != "proof_before"}
         details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
         details["entitlements_after"] = after
+        return await self.store.update_change(change.id, details=details)
+
+    async def _clear_resuming(self, change: ChangeRecord, observed: Observed) -> ChangeRecord:
+        if change.details.get("resuming") is None or _resuming(change, observed):
+            return change
+        details = {k: v for k, v in change.details.items() if k != "resuming"}
         return await self.store.update_change(change.id, details=details)
 
     async def _check_pending_proof(
@@ -586,6 +603,16 @@ class Engine:
 
 def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
+
+
+def _resuming(change: ChangeRecord, observed: Observed) -> bool:
+    """True while the current subscription is canceled because we deleted its successor."""
+    cur = observed.current
+    return (
+        cur is not None
+        and cur.status is SubscriptionStatus.CANCELED
+        and change.details.get("resuming") == cur.id
+    )
 
 
 def _next_transition(details: dict[str, Any]) -> int:

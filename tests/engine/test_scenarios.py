@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 
 from reconciler.demo import Story
 from reconciler.domain.model import META_CHANGE, META_PLAN
@@ -320,3 +321,41 @@ async def test_multi_phase_upgrade_edits_the_current_phase_and_keeps_it_at_the_b
         cur, _ = await story.subs()
         assert plan_key(cur) == "business"
         assert await story.value() == (0, 2_000_000)
+
+
+async def test_hand_scheduled_successor_on_converged_customer_is_undone_even_after_a_crash(
+    emulator: EmulatorServer, control: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Deleting the successor leaves a canceled subscription behind; that cancelation is ours
+    to undo (not one made outside the reconciler), also when we crash right after the DELETE."""
+    from reconciler.domain.actions import Action
+    from reconciler.engine import Engine
+
+    class Crash(BaseException):
+        pass
+
+    async def crash_after_delete(action: Action) -> None:
+        if action.kind == "delete_scheduled":
+            raise Crash
+
+    settings = make_settings(emulator, tmp_path / "r.db")
+    async with open_runtime(settings) as rt:
+        story = Story(rt, control)
+        await onboard(story, "starter", START)
+        assert (await story.change("starter")).status == "converged"
+        cur, _ = await story.subs()
+        await rt.client.change_subscription(
+            cur.id, {"timing": "next_billing_cycle", "plan": {"key": "free"}}
+        )
+        crashing = Engine(rt.client, rt.store, rt.policy, rt.clock, after_action=crash_after_delete)
+        with pytest.raises(Crash):
+            await crashing.reconcile("acme")
+    async with open_runtime(settings) as rt:
+        story = Story(rt, control)
+        out = await story.reconcile()
+        assert out.status == "converged"
+        assert [a["action"] for a in out.applied] == ["unschedule_cancelation"]
+        cur, succ = await story.subs()
+        assert cur.status == "active" and cur.active_to is None and succ is None
+        change = await rt.store.desired_for("acme")
+        assert change is not None and "resuming" not in change.details

@@ -106,12 +106,6 @@ def test_sweep_heals_drift_converges_and_full_sweep_adopts(emu: Emu, tmp_path: P
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (reported): after deleting a successor scheduled by hand on a converged "
-    "customer, the next step sees a canceled subscription with settled=True and respects it "
-    "instead of unscheduling the cancelation the deleted successor caused",
-)
 def test_heal_leaves_no_cancelation(emu: Emu, tmp_path: Path) -> None:
     emu.customer("heal")
     s = make_settings(emu.url, f"sqlite+aiosqlite:///{tmp_path}/h.db")
