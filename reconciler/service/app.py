@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from reconciler.engine.catalog import UnknownPlan
+from reconciler.engine.quote import QuoteError, Quoter, parse_at
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter.errors import NotFound, OpenMeterError
 from reconciler.runtime import Runtime, open_runtime
@@ -498,6 +499,38 @@ async def customer_status(svc: Service, request: Request) -> Response:
     return JSON(doc)
 
 
+async def customer_quote(svc: Service, request: Request) -> Response:
+    """``GET /v1/customers/{c}/quote[?plan=P&plan_version=V&at=T]`` — same as ``reconciler quote
+    --json``: the current period's expected charges, and with ``plan`` after that change."""
+    customer = wh.check_customer(request.path_params["customer"], "path customer")
+    q = request.query_params
+    plan = wh.check_plan(q["plan"], "query plan") if "plan" in q else None
+    version = None
+    if "plan_version" in q:
+        raw = q["plan_version"]
+        if not raw.isdigit() or int(raw) < 1:
+            raise ProblemError(
+                400, "query plan_version: must be a positive integer", kind="invalid"
+            )
+        version = int(raw)
+    try:
+        at = parse_at(q.get("at"))
+    except ValueError as exc:
+        raise ProblemError(400, f"query at: {exc}", kind="invalid") from exc
+    rt = svc.rt()
+    try:
+        doc = await Quoter(rt.engine).quote(customer, plan_key=plan, plan_version=version, at=at)
+    except UnknownPlan as exc:
+        raise ProblemError(422, f"unknown plan: {exc}", kind="unknown-plan") from exc
+    except QuoteError as exc:
+        raise ProblemError(422, str(exc), kind="invalid") from exc
+    except NotFound as exc:
+        raise ProblemError(404, f"OpenMeter: {exc.detail}", kind="not-found") from exc
+    except OpenMeterError as exc:
+        raise ProblemError(502, f"OpenMeter error: {exc}", kind="openmeter") from exc
+    return JSON(doc)
+
+
 async def plan_change(svc: Service, request: Request) -> Response:
     customer = wh.check_customer(request.path_params["customer"], "path customer")
     body = await read_body(request, svc.settings.webhook_max_body_bytes)
@@ -630,6 +663,7 @@ def create_app(
         Route("/v1/webhooks/portal", _endpoint(svc, portal_webhook), methods=["POST"]),
         Route("/v1/customers/{customer}", _admin(svc, customer_status), methods=["GET"]),
         Route("/v1/customers/{customer}/plan-change", _admin(svc, plan_change), methods=["POST"]),
+        Route("/v1/customers/{customer}/quote", _admin(svc, customer_quote), methods=["GET"]),
         Route("/v1/changes", _admin(svc, list_changes), methods=["GET"]),
         Route("/v1/events", _admin(svc, list_events), methods=["GET"]),
         Route("/v1/sweeps", _admin(svc, run_sweep), methods=["POST"]),

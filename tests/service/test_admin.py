@@ -231,3 +231,19 @@ def test_metrics_move(emu: Emu, svc: ServiceServer) -> None:
         "reconciler_outbound_events",
     ):
         assert f"# TYPE {series.removesuffix('_total')}" in text
+
+
+def test_quote_route(emu: Emu, svc: ServiceServer) -> None:
+    emu.customer("qco", plan="starter")
+    emu.advance(86400)
+    r = svc.admin("GET", "/v1/customers/qco/quote", params={"plan": "pro"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["currency"] == "USD"
+    fees = [ln for ln in doc["current"]["lines"] if ln["key"] == "platform_fee"]
+    assert fees and fees[0]["amount"] == "29.00"
+    assert doc["with_change"] is not None and doc["difference"] is not None
+    assert problem(svc.admin("GET", "/v1/customers/qco/quote", params={"plan": "gold"}))[0] == 422
+    assert problem(svc.admin("GET", "/v1/customers/qco/quote", params={"at": "soon"}))[0] == 400
+    assert problem(svc.admin("GET", "/v1/customers/ghost/quote"))[0] == 404
+    assert svc.http.get("/v1/customers/qco/quote").status_code == 401
