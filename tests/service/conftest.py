@@ -22,7 +22,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from psycopg import sql
+from pg import fresh_database
 from starlette.applications import Starlette
 
 from reconciler.emulator.server import EmulatorServer
@@ -42,10 +42,6 @@ OLD_SECRET_RAW = b"the-previous-portal-key-98765432"
 OLD_SECRET = "whsec_" + base64.b64encode(OLD_SECRET_RAW).decode()
 ADMIN_TOKEN = "admin-token-s3cr3t-ZYXWVUTSRQ"
 
-PG_ADMIN_DSN = os.environ.get(
-    "RECONCILER_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-)
-PG_URL_BASE = os.environ.get("RECONCILER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -59,29 +55,10 @@ def free_port() -> int:
 # PostgreSQL
 
 
-def _require_pg() -> None:
-    try:
-        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as e:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL is required in CI but unreachable: {e}")
-        pytest.skip(f"PostgreSQL unreachable: {e}")
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    _require_pg()
-    name = f"svc_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{PG_URL_BASE}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with fresh_database("svc") as url:
+        yield url
 
 
 def pg_query(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:

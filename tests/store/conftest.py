@@ -7,64 +7,23 @@ those tests; in CI (``CI`` set) it fails them.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
+from pg import fresh_database
 
 from reconciler.store import Store
 
-PG_ADMIN_DSN = os.environ.get(
-    "RECONCILER_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-)
-PG_URL_BASE = os.environ.get("RECONCILER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
-IN_CI = bool(os.environ.get("CI"))
-
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-_pg_error: str | None = None
-_pg_checked = False
-
-
-def _pg_available() -> str | None:
-    global _pg_checked, _pg_error
-    if not _pg_checked:
-        _pg_checked = True
-        try:
-            with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3) as conn:
-                conn.execute("SELECT 1")
-        except psycopg.Error as e:
-            _pg_error = str(e)
-    return _pg_error
-
-
-def _require_pg() -> None:
-    err = _pg_available()
-    if err is not None:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL is required in CI but unreachable: {err}")
-        pytest.skip(f"PostgreSQL unreachable: {err}")
 
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test; yields its URL and drops it afterwards."""
-    _require_pg()
-    name = f"store_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"{PG_URL_BASE}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with fresh_database("store_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

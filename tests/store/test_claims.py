@@ -6,10 +6,11 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from pg import PG_ADMIN_DSN
 
 from reconciler.store import Store, StoreUnavailable
 
-from .conftest import PG_ADMIN_DSN, T0
+from .conftest import T0
 
 H = timedelta(hours=1)
 

@@ -1,0 +1,58 @@
+"""PostgreSQL for tests: the local server (127.0.0.1:5432, trust auth), one fresh database per
+test, dropped afterwards; nothing else on the shared server is touched.
+
+Locally a missing server skips the PostgreSQL tests; in CI (``CI`` set) it fails them, because
+CI always has PostgreSQL and must exercise it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+import psycopg
+import pytest
+from psycopg import sql
+
+PG_ADMIN_DSN = os.environ.get(
+    "RECONCILER_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
+PG_URL_BASE = os.environ.get("RECONCILER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432")
+IN_CI = bool(os.environ.get("CI"))
+
+
+@cache
+def _unavailable() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as e:
+        return str(e)
+    return None
+
+
+def require_pg() -> None:
+    err = _unavailable()
+    if err is not None:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {err}")
+        pytest.skip(f"PostgreSQL unreachable: {err}")
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """Create ``<prefix>_<random>``, yield its SQLAlchemy URL, drop it (even if still in use)."""
+    require_pg()
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"{PG_URL_BASE}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
