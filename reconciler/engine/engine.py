@@ -56,6 +56,7 @@ from reconciler.openmeter.errors import (
     TransportError,
 )
 from reconciler.store import Store
+from reconciler.store.errors import StaleChangeError
 from reconciler.store.store import Claim
 from reconciler.store.types import (
     AuditEntry,
@@ -164,6 +165,12 @@ class Engine:
             self._claims[customer] = claim
             try:
                 return await self._reconcile_claimed(customer)
+            except StaleChangeError as exc:
+                # A newer request superseded this one while we worked on it (the store keeps
+                # superseded final): nothing to record, and no event for it; the worker runs
+                # the customer again for the newer request.
+                log.info("change_superseded_while_reconciling", change=exc.change_id)
+                return Outcome(customer, exc.change_id, exc.actual, "superseded")
             finally:
                 self._claims.pop(customer, None)
 

@@ -393,6 +393,9 @@ class Leadership:
 # the store
 
 
+SUPERSEDED = ChangeStatus.SUPERSEDED.value
+
+
 class Store:
     """Async repository over SQLite or PostgreSQL. Create with ``await Store.open(url, ...)``."""
 
@@ -858,13 +861,17 @@ class Store:
             q = change_requests.update().where(change_requests.c.id == change_id)
             if expected is not None:
                 q = q.where(change_requests.c.status == expected)
+            elif values.get("status", SUPERSEDED) != SUPERSEDED:
+                # Superseded is final: a worker still busy with a request that a newer one
+                # replaced meanwhile must not bring it back as applied/scheduled/converged.
+                q = q.where(change_requests.c.status != SUPERSEDED)
             result = await conn.execute(q.values(**values).returning(*change_requests.c))
             row = result.first()
             if row is None:
                 current = await self._get_change(conn, change_id)
                 if current is None:
                     raise ChangeNotFoundError(f"change {change_id} not found")
-                raise StaleChangeError(change_id, expected or "", current.status.value)
+                raise StaleChangeError(change_id, expected or "open", current.status.value)
             record = _change(row)
             await self._write_events(conn, events, record.customer, record.id, stamp)
             return record
