@@ -1,4 +1,9 @@
-"""Every OpenMeter call into the append-only audit log, with the customer and change it served."""
+"""Every OpenMeter call into the append-only audit log, with the customer and change it served.
+
+Calls made while working on a change (reads and writes) are all recorded. Reads outside any
+change — a sweep looking at thousands of converged customers — are not, unless they failed:
+they decide nothing and would drown the log.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ from reconciler.openmeter.client import CallRecord
 from reconciler.store import Store
 from reconciler.store.types import AuditEntry, AuditKind
 
-# Reads are many and carry no decision; the audit keeps every mutation and every failed read.
 _READ = "GET"
 
 
@@ -25,14 +29,10 @@ class AuditWriter:
         self.reads = reads
 
     async def __call__(self, record: CallRecord) -> None:
-        if (
-            record.method == _READ
-            and not self.reads
-            and record.error is None
-            and (record.status is None or record.status < 400)
-        ):
-            return
         ctx = structlog.contextvars.get_contextvars()
+        failed = record.error is not None or (record.status or 0) >= 400
+        if record.method == _READ and not (self.reads or failed or ctx.get("change")):
+            return
         at = await self.clock.now() if self.clock is not None else datetime.now(UTC)
         await self.store.append_audit(
             [
