@@ -10,6 +10,7 @@ observation shows whether it was applied.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -151,6 +152,7 @@ class Engine:
         self.max_steps = max_steps
         self._after_action = after_action  # test seam: crash injection right after a mutation
         self._claims: dict[str, Claim] = {}
+        self._alias_claims: dict[str, AsyncExitStack] = {}
 
     # ------------------------------------------------------------------------------------------
     async def reconcile(self, customer: str) -> Outcome:
@@ -159,10 +161,11 @@ class Engine:
         The customer is claimed first (a row lock on PostgreSQL, so two replicas never work on
         one customer at once); a customer claimed elsewhere returns the state ``busy``.
         """
-        async with self.store.claim(customer) as claim:
+        async with self.store.claim(customer) as claim, AsyncExitStack() as aliases:
             if claim is None:
                 return Outcome(customer, None, None, "busy")
             self._claims[customer] = claim
+            self._alias_claims[customer] = aliases
             try:
                 return await self._reconcile_claimed(customer)
             except StaleChangeError as exc:
@@ -173,6 +176,7 @@ class Engine:
                 return Outcome(customer, exc.change_id, exc.actual, "superseded")
             finally:
                 self._claims.pop(customer, None)
+                self._alias_claims.pop(customer, None)
 
     async def _schedule(self, customer: str, at: datetime | None) -> None:
         claim = self._claims.get(customer)
@@ -219,8 +223,10 @@ class Engine:
         for step in range(self.max_steps):
             now = await self.clock.now()
             observed = await self.observer.observe(customer, now)
-            if change.customer_id is None:
-                change = await self.store.update_change(change.id, customer_id=observed.customer_id)
+            if step == 0:
+                change, stop = await self._one_customer_one_intent(change, observed, now)
+                if stop is not None:
+                    return stop
             change = await self._check_pending_proof(change, observed, outcome)
             change = await self._clear_resuming(change, observed)
             # A cancelation left behind by our own deletion of a successor (marked durably
@@ -437,6 +443,49 @@ class Engine:
         details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
         details["entitlements_after"] = after
         return await self.store.update_change(change.id, details=details)
+
+    async def _one_customer_one_intent(
+        self, change: ChangeRecord, observed: Observed, now: datetime
+    ) -> tuple[ChangeRecord, Outcome | None]:
+        """A portal may address one OpenMeter customer by id in one request and by key in
+        another; the store then holds two desired states for it. They are reconciled under
+        both claims, and the latest ``requested_at`` wins: the older one is superseded, so the
+        two can never undo each other."""
+        customer, cid = change.customer, observed.customer_id
+        if change.customer_id is None:
+            change = await self.store.update_change(change.id, customer_id=cid)
+        claim = self._claims.get(customer)
+        if claim is not None and claim.customer_id is None:
+            await claim.set_customer_id(cid)
+        stack = self._alias_claims.get(customer)
+        for rec in await self.store.aliases(cid):
+            if rec.customer == customer or stack is None:
+                continue
+            other_claim = await stack.enter_async_context(self.store.claim(rec.customer))
+            if other_claim is None:  # being worked on right now: look again shortly
+                await self._schedule(customer, now + RETRY_BASE)
+                return change, Outcome(customer, change.id, change.status.value, "busy")
+            other = await self.store.desired_for(rec.customer)
+            if other is None or other.status in (ChangeStatus.SUPERSEDED, ChangeStatus.FAILED):
+                continue
+            ours_newer = change.requested_at >= other.requested_at
+            older, newer, newer_ref = (
+                (other, change, customer) if ours_newer else (change, other, rec.customer)
+            )
+            reason = (
+                f"superseded by change {newer.id} (requested {newer.requested_at.isoformat()}) "
+                f"for the same OpenMeter customer {cid}, addressed as '{newer_ref}'"
+            )
+            updated = await self.store.update_change(
+                older.id, status=ChangeStatus.SUPERSEDED, last_error=reason, next_attempt_at=None
+            )
+            log.warning("alias_superseded", superseded=older.id, winner=newer.id, customer_id=cid)
+            if not ours_newer:
+                await self._schedule(customer, None)
+                return updated, Outcome(
+                    customer, change.id, "superseded", "superseded", error=reason
+                )
+        return change, None
 
     async def _clear_resuming(self, change: ChangeRecord, observed: Observed) -> ChangeRecord:
         if change.details.get("resuming") is None or _resuming(change, observed):

@@ -68,6 +68,7 @@ customers = sa.Table(
     sa.Column("version", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index(None, "next_check_at"),
+    sa.Index(None, "customer_id"),
 )
 
 change_requests = sa.Table(

@@ -757,6 +757,20 @@ class Store:
 
         return await self._tx(op, write=False)
 
+    async def aliases(self, customer_id: str) -> list[CustomerRecord]:
+        """Every customer row resolved to this OpenMeter customer id (a portal may address one
+        customer by id in one request and by key in another)."""
+
+        async def op(conn: AsyncConnection) -> list[CustomerRecord]:
+            rows = await conn.execute(
+                sa.select(customers)
+                .where(customers.c.customer_id == customer_id)
+                .order_by(customers.c.customer)
+            )
+            return [_customer(r) for r in rows]
+
+        return await self._tx(op, write=False)
+
     async def desired_for(self, customer: str) -> ChangeRecord | None:
         """The customer's desired request (the latest by requested_at), whatever its status."""
 

@@ -369,3 +369,38 @@ async def test_hand_scheduled_successor_on_converged_customer_is_undone_even_aft
         assert cur.status == "active" and cur.active_to is None and succ is None
         change = await rt.store.desired_for("acme")
         assert change is not None and "resuming" not in change.details
+
+
+async def test_one_customer_addressed_by_key_and_by_id_keeps_one_intent(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    from reconciler.store.types import ChangeSource
+
+    await onboard(story, "free", START, used=5)
+    cust_id = (await rt.client.get_customer("acme")).id
+    now = await story.now()
+    by_key = await rt.store.submit_change("acme", "starter", None, now, ChangeSource.CLI, "k", now)
+    assert (await rt.engine.reconcile("acme")).status == "applied"
+    # A later request names the customer by its OpenMeter id.
+    later = now + timedelta(minutes=5)
+    by_id = await rt.store.submit_change(cust_id, "free", None, later, ChangeSource.CLI, "i", later)
+    out = await rt.engine.reconcile(cust_id)
+    assert out.status == "scheduled"  # back to free at the boundary (items kept until then)
+    old = await rt.store.get_change(by_key.change.id)
+    assert old is not None and old.status.value == "superseded"
+    assert old.last_error is not None and f"addressed as '{cust_id}'" in old.last_error
+    # The superseded intent no longer acts: nothing undoes the newer one.
+    assert (await rt.engine.reconcile("acme")).state == "not_open"
+    _, succ = await story.subs()
+    assert plan_key(succ) == "free"
+    # An older request arriving late under the other name loses to the newer one.
+    stale = await rt.store.submit_change(
+        "acme", "pro", None, now + timedelta(minutes=1), ChangeSource.CLI, "late", later
+    )
+    out = await rt.engine.reconcile("acme")
+    assert out.state == "superseded" and out.error is not None
+    stale_rec = await rt.store.get_change(stale.change.id)
+    assert stale_rec is not None and stale_rec.status.value == "superseded"
+    winner = await rt.store.get_change(by_id.change.id)
+    assert winner is not None and winner.status.value == "scheduled"
+    assert [m for m in await mutations(control) if m[0] == "PATCH"] == [("PATCH", "")]

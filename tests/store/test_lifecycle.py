@@ -40,7 +40,7 @@ async def test_migrate_is_idempotent_and_is_migrated(db_url: str, clock: Clock) 
             names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
         assert {"change_requests", "customers", "audit_log", "outbox_events"} <= names
-        assert [tuple(r) for r in version] == [("0001",)]
+        assert [tuple(r) for r in version] == [("0002",)]
         assert await s.ping() is True
     finally:
         await s.close()
