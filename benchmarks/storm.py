@@ -161,7 +161,7 @@ async def send_all(
 def _changes(db_url: str, sqlite_path: Path | None) -> list[tuple[Any, ...]]:
     q = (
         "SELECT cr.customer, cr.plan_key, cr.source_id, cr.status, "
-        "(cu.desired_change_id = cr.id) AS desired "
+        "(cu.desired_change_id = cr.id) AS desired, cr.last_error, cr.id "
         "FROM change_requests cr JOIN customers cu ON cu.customer = cr.customer"
     )
     if sqlite_path is not None:
@@ -386,6 +386,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--log-dir", type=Path, default=None, help="keep logs and the database here")
+    ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args()
     if args.db == "sqlite" and args.workers != 1:
         ap.error("SQLite serves one worker; use --db postgres for several")
@@ -396,6 +398,8 @@ def main() -> None:
         workers=args.workers,
         concurrency=args.concurrency,
         seed=args.seed,
+        log_dir=args.log_dir,
+        log_level=args.log_level,
     )
     print(json.dumps(out, indent=2))
     raise SystemExit(0 if out["ok"] else 1)

@@ -1,0 +1,45 @@
+"""Each benchmark at smoke size (see tests/bench/conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import calls, emulator_speed, intake, latency, sweep
+
+
+@pytest.mark.slow
+def test_calls_per_change_mutations_equal_the_minimum() -> None:
+    out = calls.run(list(calls.SCENARIOS))
+    for s in out["scenarios"]:
+        assert s["mutations"] == calls.MINIMUM[s["scenario"]], s
+        assert s["reads_total"] > 0
+
+
+@pytest.mark.slow
+def test_sweep_smoke() -> None:
+    out = sweep.run(1_200, rounds=1, db="sqlite")
+    assert out["sweep_counts"] == {"no_desired_state": 1_200}
+    assert out["requests_per_sweep"] == 3
+    assert out["ratio_bare_over_sweep"] > 0
+
+
+@pytest.mark.slow
+def test_intake_smoke() -> None:
+    out = intake.run([1, 4], 40, ["sqlite"], customers=20, log_level="WARNING")
+    for row in out["sqlite"]:
+        assert row["service"]["statuses"] == {"202": 40}, row
+        assert row["bare"]["statuses"] == {"202": 40}, row
+
+
+@pytest.mark.slow
+def test_latency_smoke() -> None:
+    out = latency.run(12, "sqlite", 8)
+    assert out["customers"] == 12
+    assert 0 < out["p50_s"] <= out["p99_s"] <= out["max_s"]
+
+
+@pytest.mark.slow
+def test_emulator_speed_smoke() -> None:
+    out = emulator_speed.run(600, 60)
+    assert [g["requests"] for g in out["get_subscription"]] == [60, 60, 60]
+    assert out["list_customers_page_500"]["requests"] == 1
