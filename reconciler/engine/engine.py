@@ -223,6 +223,12 @@ class Engine:
         for step in range(self.max_steps):
             now = await self.clock.now()
             observed = await self.observer.observe(customer, now)
+            if observed.current is not None and observed.current.phase_at(now) is None:
+                # A billing boundary passed between our clock read and OpenMeter computing the
+                # statuses (the next subscription is already current): read the clock again,
+                # never earlier than OpenMeter's view, and observe again before planning.
+                now = max(await self.clock.now(), observed.current.active_from)
+                observed = await self.observer.observe(customer, now)
             if step == 0:
                 change, stop = await self._one_customer_one_intent(change, observed, now)
                 if stop is not None:
