@@ -56,8 +56,8 @@ def run(customers: int, db: str, concurrency: int) -> dict[str, Any]:
         url = ctx.__enter__() if ctx else f"sqlite+aiosqlite:///{d}/latency.db"
         svc: ServiceProc | None = None
         try:
+            # real time on both sides (the service reads the system clock, as in production)
             em.api.bulk(customers, plan="free", prefix="lat-")
-            em.api.advance(86400)
             keys = [f"lat-{i}" for i in range(customers)]
             sub_of: dict[str, str] = {}
             page = 1
@@ -68,9 +68,7 @@ def run(customers: int, db: str, concurrency: int) -> dict[str, Any]:
                 for c in r["items"]:
                     sub_of[c["currentSubscriptionId"]] = c["key"]
                 page += 1
-            svc = ServiceProc(
-                d, em.url, url, clock=True, concurrency=concurrency, log_level="WARNING"
-            )
+            svc = ServiceProc(d, em.url, url, concurrency=concurrency, log_level="WARNING")
             wait_until(svc.ready, 30, what="ready")
             em.api.clear_requests()
             t0 = time.perf_counter()
