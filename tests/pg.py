@@ -11,7 +11,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 
 import psycopg
 import pytest
@@ -24,13 +23,21 @@ PG_URL_BASE = os.environ.get("RECONCILER_TEST_PG_URL", "postgresql://postgres@12
 IN_CI = bool(os.environ.get("CI"))
 
 
-@cache
+_reachable = False
+
+
 def _unavailable() -> str | None:
+    """Why PostgreSQL cannot be used, or None. Success is remembered; a failure is not, so one
+    transient refusal (e.g. too many clients for a moment) does not fail every later test."""
+    global _reachable
+    if _reachable:
+        return None
     try:
         with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as e:
         return str(e)
+    _reachable = True
     return None
 
 
