@@ -64,7 +64,11 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     policy = load_policy(settings.policy_path)
     store = await Store.open(
-        settings.database_url.get_secret_value(), instance_id=settings.instance_id
+        settings.database_url.get_secret_value(),
+        instance_id=settings.instance_id,
+        # On PostgreSQL a reconcile holds its claim's connection and needs a second one for its
+        # writes: fewer than two per reconcile in flight deadlocks the pool under load.
+        pool_size=max(10, 2 * settings.concurrency + 4),
     )
     clock: Clock = HttpClock(settings.clock_url) if settings.clock_url else SystemClock()
     try:

@@ -580,7 +580,8 @@ class Store:
                 if not _is_transient(e, self._sqlite):
                     raise _translate(e) from e
                 err: BaseException = e
-            except (ConnectionError, TimeoutError) as e:
+            except (ConnectionError, TimeoutError, exc.TimeoutError) as e:
+                # exc.TimeoutError: no pooled connection became free in time (overload)
                 err = e
             if committing and write and not idempotent:
                 raise StoreUnavailable(
