@@ -220,15 +220,23 @@ class Engine:
         last_failure: tuple[Action, OpenMeterError] | None = None
         ambiguous = 0
         result: PlanResult | None = None
+        # Within one pass the customer's identity does not change, and entitlement values are
+        # read once and then after every edit (the proof): later steps reuse the newest ones.
+        identity: tuple[str, str | None] | None = None
+        values: dict[str, EntitlementValue] | None = None
         for step in range(self.max_steps):
             now = await self.clock.now()
-            observed = await self.observer.observe(customer, now)
+            observed = await self.observer.observe(
+                customer, now, identity=identity, known_values=values
+            )
             if observed.current is not None and observed.current.phase_at(now) is None:
                 # A billing boundary passed between our clock read and OpenMeter computing the
                 # statuses (the next subscription is already current): read the clock again,
                 # never earlier than OpenMeter's view, and observe again before planning.
                 now = max(await self.clock.now(), observed.current.active_from)
-                observed = await self.observer.observe(customer, now)
+                observed = await self.observer.observe(customer, now, identity=identity)
+            identity = (observed.customer_id, observed.customer_key)
+            values = dict(observed.values)
             if step == 0:
                 change, stop = await self._one_customer_one_intent(change, observed, now)
                 if stop is not None:
@@ -299,7 +307,10 @@ class Engine:
             if self._after_action is not None:
                 await self._after_action(action)
             if isinstance(action, EditItems) and before is not None:
-                change = await self._proof_after(change, observed.customer_id, before, outcome)
+                change, after_values = await self._proof_after(
+                    change, observed.customer_id, before, outcome
+                )
+                values.update(after_values)
                 if outcome.usage_not_preserved:
                     return await self._fail(
                         change,
@@ -437,7 +448,7 @@ class Engine:
         customer_id: str,
         before: Mapping[str, Any],
         outcome: Outcome,
-    ) -> ChangeRecord:
+    ) -> tuple[ChangeRecord, dict[str, EntitlementValue]]:
         after_vals = await self.observer.values(customer_id, before.keys())
         after = {k: _value_dict(v) for k, v in sorted(after_vals.items())}
         lost = _usage_lost(before, after)
@@ -448,7 +459,7 @@ class Engine:
         details = {k: v for k, v in change.details.items() if k != "proof_before"}
         details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
         details["entitlements_after"] = after
-        return await self.store.update_change(change.id, details=details)
+        return await self.store.update_change(change.id, details=details), after_vals
 
     async def _one_customer_one_intent(
         self, change: ChangeRecord, observed: Observed, now: datetime
@@ -507,7 +518,8 @@ class Engine:
         before = change.details.get("proof_before")
         if not before or observed.current is None:
             return change
-        return await self._proof_after(change, observed.customer_id, before, outcome)
+        change, _ = await self._proof_after(change, observed.customer_id, before, outcome)
+        return change
 
     async def _finish(self, change: ChangeRecord, result: PlanResult, outcome: Outcome) -> Outcome:
         now = await self.clock.now()

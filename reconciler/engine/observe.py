@@ -7,7 +7,7 @@ disagree about whether a boundary has passed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription
@@ -43,17 +43,32 @@ class Observer:
     def __init__(self, client: OpenMeterClient) -> None:
         self.client = client
 
-    async def observe(self, customer: str, now: datetime, *, values: bool = True) -> Observed:
-        cust = await self.client.get_customer(customer)
-        subs = await self.client.list_customer_subscriptions(cust.id)
+    async def observe(
+        self,
+        customer: str,
+        now: datetime,
+        *,
+        values: bool = True,
+        identity: tuple[str, str | None] | None = None,
+        known_values: Mapping[str, EntitlementValue] | None = None,
+    ) -> Observed:
+        """``identity`` (id, key) skips the customer lookup; ``known_values`` are used instead
+        of reading the entitlement values again (the caller read them moments ago)."""
+        if identity is None:
+            cust = await self.client.get_customer(customer)
+            identity = (cust.id, cust.key)
+        cid, ckey = identity
+        subs = await self.client.list_customer_subscriptions(cid)
         current, successor = pick(subs)
         cur_x, succ_x = await asyncio.gather(self._expanded(current), self._expanded(successor))
         vals: dict[str, EntitlementValue] = {}
-        if values and cur_x is not None:
-            vals = await self.values(cust.id, metered_features(cur_x, now))
+        if known_values is not None:
+            vals = dict(known_values)
+        elif values and cur_x is not None:
+            vals = await self.values(cid, metered_features(cur_x, now))
         return Observed(
-            customer_id=cust.id,
-            customer_key=cust.key,
+            customer_id=cid,
+            customer_key=ckey,
             observed_at=now,
             current=cur_x,
             successor=succ_x,
