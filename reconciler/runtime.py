@@ -85,7 +85,7 @@ async def open_runtime(
             if validate_policy and settings.policy_path is not None:
                 for warning in await check_policy(policy, client):
                     log.warning("policy_warning", warning=warning)
-            engine = Engine(client, store, policy, clock, hooks=hooks)
+            engine = Engine(client, store, policy, clock, hooks=hooks, call_audit=audit)
             yield Runtime(settings, client, store, policy, clock, engine, Queries(engine))
         finally:
             await client.aclose()

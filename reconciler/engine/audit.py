@@ -3,6 +3,11 @@
 Calls made while working on a change (reads and writes) are all recorded. Reads outside any
 change — a sweep looking at thousands of converged customers — are not, unless they failed:
 they decide nothing and would drown the log.
+
+Mutations and failures are written at once. Successful reads of a pass are buffered and written
+with the next mutation or when the engine ends the pass (``flush``), so a pass costs a couple of
+store transactions instead of one per read; a crash may lose the buffered reads of the pass it
+interrupted, never a mutation's row.
 """
 
 from __future__ import annotations
@@ -27,30 +32,40 @@ class AuditWriter:
         self.store = store
         self.clock = clock
         self.reads = reads
+        self._buffered: dict[str, list[AuditEntry]] = {}  # customer -> successful reads
 
     async def __call__(self, record: CallRecord) -> None:
         ctx = structlog.contextvars.get_contextvars()
         failed = record.error is not None or (record.status or 0) >= 400
-        if record.method == _READ and not (self.reads or failed or ctx.get("change")):
+        customer = ctx.get("customer")
+        in_change = ctx.get("change") is not None
+        if record.method == _READ and not (self.reads or failed or in_change):
             return
         at = await self.clock.now() if self.clock is not None else datetime.now(UTC)
-        await self.store.append_audit(
-            [
-                AuditEntry(
-                    at=at,
-                    kind=AuditKind.CALL,
-                    operation=record.operation,
-                    customer=ctx.get("customer"),
-                    change_id=ctx.get("change"),
-                    method=record.method,
-                    path=record.path,
-                    request_body=record.request_body,
-                    status=record.status,
-                    detail=record.detail or record.error,
-                    data={"duration_s": round(record.duration_s, 6), "attempt": record.attempt},
-                )
-            ]
+        entry = AuditEntry(
+            at=at,
+            kind=AuditKind.CALL,
+            operation=record.operation,
+            customer=customer,
+            change_id=ctx.get("change"),
+            method=record.method,
+            path=record.path,
+            request_body=record.request_body,
+            status=record.status,
+            detail=record.detail or record.error,
+            data={"duration_s": round(record.duration_s, 6), "attempt": record.attempt},
         )
+        if record.method == _READ and not failed and in_change and customer is not None:
+            self._buffered.setdefault(customer, []).append(entry)
+            return
+        entries = [*self._buffered.pop(customer, []), entry] if customer else [entry]
+        await self.store.append_audit(entries)
+
+    async def flush(self, customer: str) -> None:
+        """Write the reads buffered for this customer's pass."""
+        entries = self._buffered.pop(customer, [])
+        if entries:
+            await self.store.append_audit(entries)
 
 
 def fan_out(

@@ -39,6 +39,7 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.planner import ChangePolicy, PlanResult, State, plan
 from reconciler.domain.policy import PolicyError
+from reconciler.engine.audit import AuditWriter
 from reconciler.engine.catalog import Catalog, UnknownPlan
 from reconciler.engine.clock import Clock
 from reconciler.engine.observe import Observer
@@ -141,6 +142,7 @@ class Engine:
         hooks: Hooks | None = None,
         max_steps: int = 8,
         after_action: Callable[[Action], Awaitable[None]] | None = None,
+        call_audit: AuditWriter | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -152,6 +154,7 @@ class Engine:
         self.max_steps = max_steps
         self._after_action = after_action  # test seam: crash injection right after a mutation
         self._claims: dict[str, Claim] = {}
+        self.call_audit = call_audit  # the client's audit observer: flushed after each pass
         self._alias_claims: dict[str, AsyncExitStack] = {}
 
     # ------------------------------------------------------------------------------------------
@@ -177,6 +180,8 @@ class Engine:
             finally:
                 self._claims.pop(customer, None)
                 self._alias_claims.pop(customer, None)
+                if self.call_audit is not None:
+                    await self.call_audit.flush(customer)
 
     async def _schedule(self, customer: str, at: datetime | None) -> None:
         claim = self._claims.get(customer)
