@@ -771,21 +771,26 @@ class State:
 
     def _create_custom(self, body: Json) -> Subscription:
         cust = self._customer_ref(body)
-        cp = body["customPlan"]
-        if not isinstance(cp, dict):
-            raise E.bad_request("request body has an error: customPlan must be an object")
-        req_str(cp, "name", "customPlan")
-        check_currency(cp.get("currency"))
-        parse_duration_field(cp.get("billingCadence"), "billingCadence")
-        phases = normalize_phases(cp.get("phases"), self.feature_lookup)
-        self._check_alignment(cp["billingCadence"], phases)
+        tmp = self._custom_plan(body)
+        self._check_alignment(tmp.billing_cadence, tmp.phases)
         start = self._resolve_create_timing(body.get("timing"))
         anchor = (
             self._time(body["billingAnchor"], "billingAnchor")
             if body.get("billingAnchor")
             else None
         )
-        tmp = Plan(
+        return self._create_from_plan(cust, tmp, start, anchor, None, body, custom=True)
+
+    def _custom_plan(self, body: Json) -> Plan:
+        """A transient plan from a ``customPlan`` body (create or change), validated."""
+        cp = body["customPlan"]
+        if not isinstance(cp, dict):
+            raise E.bad_request("request body has an error: customPlan must be an object")
+        req_str(cp, "name", "customPlan")
+        check_currency(cp.get("currency"))
+        parse_duration_field(cp.get("billingCadence"), "billingCadence")
+        now = self.now()
+        return Plan(
             id="",
             key="",
             version=0,
@@ -795,11 +800,10 @@ class State:
             currency=cp["currency"],
             billing_cadence=cp["billingCadence"],
             pro_rating=normalize_pro_rating(cp.get("proRatingConfig")),
-            phases=phases,
-            created_at=start,
-            updated_at=start,
+            phases=normalize_phases(cp.get("phases"), self.feature_lookup),
+            created_at=now,
+            updated_at=now,
         )
-        return self._create_from_plan(cust, tmp, start, anchor, None, body, custom=True)
 
     def _create_from_plan(
         self,
@@ -1453,27 +1457,7 @@ class State:
         sub.updated_at = now
         try:
             if custom:
-                cp = body["customPlan"]
-                if not isinstance(cp, dict):
-                    raise E.bad_request("request body has an error: customPlan must be an object")
-                req_str(cp, "name", "customPlan")
-                check_currency(cp.get("currency"))
-                parse_duration_field(cp.get("billingCadence"), "billingCadence")
-                phases = normalize_phases(cp.get("phases"), self.feature_lookup)
-                plan = Plan(
-                    id="",
-                    key="",
-                    version=0,
-                    name=cp["name"],
-                    description=cp.get("description"),
-                    metadata=cp.get("metadata"),
-                    currency=cp["currency"],
-                    billing_cadence=cp["billingCadence"],
-                    pro_rating=normalize_pro_rating(cp.get("proRatingConfig")),
-                    phases=phases,
-                    created_at=now,
-                    updated_at=now,
-                )
+                plan = self._custom_plan(body)
             assert plan is not None
             nxt = self._create_from_plan(
                 cust,
