@@ -396,6 +396,10 @@ class OpenMeterClient:
                 )
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
+    async def _send(self, tp: Any, operation: str, method: str, path: str, **kw: Any) -> Any:
+        """A call whose JSON answer is parsed as ``tp`` (mutations are never retried)."""
+        return self._parse(await self._request(operation, method, path, **kw), tp)
+
     def _parse(self, response: httpx.Response, tp: Any) -> Any:
         try:
             return _adapter(tp).validate_json(response.content)
@@ -508,8 +512,9 @@ class OpenMeterClient:
                 yield c
 
     async def create_customer(self, body: Mapping[str, Any] | BaseModel) -> Customer:
-        resp = await self._request("create_customer", "POST", "/api/v1/customers", body=body)
-        result: Customer = self._parse(resp, Customer)
+        result: Customer = await self._send(
+            Customer, "create_customer", "POST", "/api/v1/customers", body=body
+        )
         return result
 
     async def list_customer_subscriptions(
@@ -535,10 +540,9 @@ class OpenMeterClient:
         return result
 
     async def create_subscription(self, body: Mapping[str, Any] | BaseModel) -> Subscription:
-        resp = await self._request(
-            "create_subscription", "POST", "/api/v1/subscriptions", body=body
+        result: Subscription = await self._send(
+            Subscription, "create_subscription", "POST", "/api/v1/subscriptions", body=body
         )
-        result: Subscription = self._parse(resp, Subscription)
         return result
 
     async def edit_subscription(
@@ -552,22 +556,25 @@ class OpenMeterClient:
         body: dict[str, Any] = {"customizations": list(customizations)}
         if timing is not None:
             body["timing"] = _timing(timing)
-        resp = await self._request(
-            "edit_subscription", "PATCH", f"/api/v1/subscriptions/{subscription_id}", body=body
+        result: Subscription = await self._send(
+            Subscription,
+            "edit_subscription",
+            "PATCH",
+            f"/api/v1/subscriptions/{subscription_id}",
+            body=body,
         )
-        result: Subscription = self._parse(resp, Subscription)
         return result
 
     async def change_subscription(
         self, subscription_id: str, body: Mapping[str, Any] | BaseModel
     ) -> SubscriptionChangeResponse:
-        resp = await self._request(
+        result: SubscriptionChangeResponse = await self._send(
+            SubscriptionChangeResponse,
             "change_subscription",
             "POST",
             f"/api/v1/subscriptions/{subscription_id}/change",
             body=body,
         )
-        result: SubscriptionChangeResponse = self._parse(resp, SubscriptionChangeResponse)
         return result
 
     async def cancel_subscription(
@@ -575,22 +582,22 @@ class OpenMeterClient:
     ) -> Subscription:
         """Cancel. The body is required by OpenMeter: ``{}`` means immediately."""
         body: dict[str, Any] = {} if timing is None else {"timing": _timing(timing)}
-        resp = await self._request(
+        result: Subscription = await self._send(
+            Subscription,
             "cancel_subscription",
             "POST",
             f"/api/v1/subscriptions/{subscription_id}/cancel",
             body=body,
         )
-        result: Subscription = self._parse(resp, Subscription)
         return result
 
     async def unschedule_cancelation(self, subscription_id: str) -> Subscription:
-        resp = await self._request(
+        result: Subscription = await self._send(
+            Subscription,
             "unschedule_cancelation",
             "POST",
             f"/api/v1/subscriptions/{subscription_id}/unschedule-cancelation",
         )
-        result: Subscription = self._parse(resp, Subscription)
         return result
 
     async def delete_subscription(self, subscription_id: str) -> None:
@@ -601,13 +608,13 @@ class OpenMeterClient:
     async def migrate_subscription(
         self, subscription_id: str, body: Mapping[str, Any] | BaseModel
     ) -> SubscriptionChangeResponse:
-        resp = await self._request(
+        result: SubscriptionChangeResponse = await self._send(
+            SubscriptionChangeResponse,
             "migrate_subscription",
             "POST",
             f"/api/v1/subscriptions/{subscription_id}/migrate",
             body=body,
         )
-        result: SubscriptionChangeResponse = self._parse(resp, SubscriptionChangeResponse)
         return result
 
     # ----------------------------------------------------------------------------------------
