@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -62,6 +63,7 @@ from reconciler.store.types import (
 from reconciler.store.urls import is_sqlite, normalize_url, sqlite_path
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = "reconciler.store.migrate"
@@ -112,76 +114,46 @@ def _utcnow() -> datetime:
 # row mapping
 
 
-def _change(row: Row[Any]) -> ChangeRecord:
+def _record(cls: type[R], row: Row[Any], **convert: Callable[[Any], Any]) -> R:
+    """A record from a row whose columns carry the dataclass's field names; ``convert`` maps a
+    field's stored value to its type (enums, defaults), None staying None."""
     m = row._mapping
-    return ChangeRecord(
-        id=m["id"],
-        customer=m["customer"],
-        customer_id=m["customer_id"],
-        plan_key=m["plan_key"],
-        plan_version=m["plan_version"],
-        requested_at=m["requested_at"],
-        received_at=m["received_at"],
-        source=ChangeSource(m["source"]),
-        source_id=m["source_id"],
-        status=ChangeStatus(m["status"]),
-        direction=Direction(m["direction"]) if m["direction"] else None,
-        timing=Timing(m["timing"]) if m["timing"] else None,
-        rule=m["rule"],
-        effective_at=m["effective_at"],
-        converges_at=m["converges_at"],
-        last_error=m["last_error"],
-        attempts=m["attempts"],
-        next_attempt_at=m["next_attempt_at"],
-        updated_at=m["updated_at"],
-        details=m["details"] or {},
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in m:
+            continue
+        v = m[f.name]
+        conv = convert.get(f.name)
+        values[f.name] = conv(v) if conv is not None and v is not None else v
+    return cls(**values)
+
+
+def _optional_enum(enum: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: enum(v) if v else None
+
+
+def _change(row: Row[Any]) -> ChangeRecord:
+    rec = _record(
+        ChangeRecord,
+        row,
+        source=ChangeSource,
+        status=ChangeStatus,
+        direction=_optional_enum(Direction),
+        timing=_optional_enum(Timing),
     )
+    return rec if rec.details is not None else dataclasses.replace(rec, details={})
 
 
 def _customer(row: Row[Any]) -> CustomerRecord:
-    m = row._mapping
-    return CustomerRecord(
-        customer=m["customer"],
-        customer_id=m["customer_id"],
-        desired_change_id=m["desired_change_id"],
-        next_check_at=m["next_check_at"],
-        updated_at=m["updated_at"],
-    )
+    return _record(CustomerRecord, row)
 
 
 def _event(row: Row[Any]) -> OutboxEvent:
-    m = row._mapping
-    return OutboxEvent(
-        id=m["id"],
-        type=m["type"],
-        customer=m["customer"],
-        change_id=m["change_id"],
-        payload=m["payload"],
-        status=EventStatus(m["status"]),
-        attempts=m["attempts"],
-        next_attempt_at=m["next_attempt_at"],
-        last_error=m["last_error"],
-        created_at=m["created_at"],
-        delivered_at=m["delivered_at"],
-    )
+    return _record(OutboxEvent, row, status=EventStatus)
 
 
 def _audit(row: Row[Any]) -> AuditEntry:
-    m = row._mapping
-    return AuditEntry(
-        id=m["id"],
-        at=m["at"],
-        customer=m["customer"],
-        change_id=m["change_id"],
-        kind=AuditKind(m["kind"]),
-        operation=m["operation"],
-        method=m["method"],
-        path=m["path"],
-        request_body=m["request_body"],
-        status=m["status"],
-        detail=m["detail"],
-        data=m["data"],
-    )
+    return _record(AuditEntry, row, kind=AuditKind)
 
 
 def _encode_cursor(kind: str, at: datetime, ident: str) -> str:
