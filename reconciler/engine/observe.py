@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription
 from reconciler.openmeter import mapping
@@ -18,11 +19,29 @@ from reconciler.openmeter.models import Subscription
 LIVE = ("active", "canceled")
 
 
-def _status(sub: Subscription) -> str:
+class Listed(Protocol):
+    """What ``pick`` reads of a listed subscription (full or slim wire model)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def active_from(self) -> datetime: ...
+    @property
+    def active_to(self) -> datetime | None: ...
+    @property
+    def annotations(self) -> dict[str, Any] | None: ...
+
+
+S = TypeVar("S", bound=Listed)
+
+
+def _status(sub: Listed) -> str:
     return str(getattr(sub.status, "value", sub.status))
 
 
-def pick(subs: Iterable[Subscription]) -> tuple[Subscription | None, Subscription | None]:
+def pick(subs: Iterable[S]) -> tuple[S | None, S | None]:
     """The customer's current subscription (active or canceled) and its scheduled successor."""
     subs = list(subs)
     live = sorted((s for s in subs if _status(s) in LIVE), key=lambda s: s.active_from)

@@ -62,6 +62,7 @@ from reconciler.openmeter.errors import (
 from reconciler.openmeter.models import (
     CloudEvent,
     Customer,
+    CustomerListing,
     EntitlementV2,
     EntitlementValueModel,
     Feature,
@@ -510,6 +511,16 @@ class OpenMeterClient:
         ):
             for c in items:
                 yield c
+
+    async def iter_customer_listings(
+        self, page_size: int = MAX_PAGE_SIZE
+    ) -> AsyncIterator[list[CustomerListing]]:
+        """Every customer with its subscriptions, page by page, as slim listings (sweeps)."""
+        params = {"expand": ["subscriptions"]}
+        async for items in self._pages(
+            "list_customers", "/api/v1/customers", CustomerListing, params, page_size=page_size
+        ):
+            yield items
 
     async def create_customer(self, body: Mapping[str, Any] | BaseModel) -> Customer:
         result: Customer = await self._send(

@@ -530,6 +530,35 @@ class Customer(WireModel):
 
 
 # --------------------------------------------------------------------------------------------
+# Slim listings for sweeps: only what a sweep checks, unknown fields ignored, so a page of 500
+# customers parses in a fraction of the time the full models take.
+
+
+class _Slim(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+
+class PlanRefListing(_Slim):
+    key: str
+    version: int
+
+
+class SubscriptionListing(_Slim):
+    id: str
+    status: str
+    active_from: AwareDatetime
+    active_to: AwareDatetime | None = None
+    annotations: dict[str, Any] | None = None
+    plan: PlanRefListing | None = None
+
+
+class CustomerListing(_Slim):
+    id: str
+    key: str | None = None
+    subscriptions: list[SubscriptionListing] | None = None
+
+
+# --------------------------------------------------------------------------------------------
 # Events
 
 

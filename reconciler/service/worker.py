@@ -33,7 +33,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from reconciler.engine.observe import pick
 from reconciler.events import EventDeliverer
 from reconciler.logs import bound, get_logger
-from reconciler.openmeter.models import Customer, Subscription
+from reconciler.openmeter.models import CustomerListing, SubscriptionListing
 from reconciler.runtime import Runtime
 from reconciler.service.metrics import Metrics
 from reconciler.store import ChangeRecord, ChangeStatus, Leadership
@@ -45,13 +45,13 @@ ERROR_BACKOFF_S = (1.0, 60.0)  # in-memory backoff for a customer whose reconcil
 T = TypeVar("T")
 
 
-def _plan_of(sub: Subscription | None) -> tuple[str, int] | None:
+def _plan_of(sub: SubscriptionListing | None) -> tuple[str, int] | None:
     if sub is None or sub.plan is None:
         return None
     return sub.plan.key, sub.plan.version
 
 
-def _matches(change: ChangeRecord, sub: Subscription | None) -> bool:
+def _matches(change: ChangeRecord, sub: SubscriptionListing | None) -> bool:
     got = _plan_of(sub)
     if got is None or got[0] != change.plan_key:
         return False
@@ -62,7 +62,7 @@ SUPERSEDING = "subscription.superseding.id"
 
 
 def needs_reconcile(
-    change: ChangeRecord, subs: Sequence[Subscription], now: datetime, *, full: bool = False
+    change: ChangeRecord, subs: Sequence[SubscriptionListing], now: datetime, *, full: bool = False
 ) -> bool:
     """Cheap check on the flat subscription list of ``GET /customers?expand=subscriptions``:
     does OpenMeter differ from what the change request wants (or is it not settled yet)?
@@ -97,35 +97,31 @@ def needs_reconcile(
     return not (current is not None and _matches(change, current))
 
 
-async def read_ahead(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
-    """Batches of ``size`` items; the next batch is read (in a task) while the caller works on
-    the one just yielded, so reading OpenMeter's next page overlaps checking this one."""
+async def read_ahead_pages(pages: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
+    """The pages of ``pages``; the next one is read (in a task) while the caller works on the
+    one just yielded, so reading OpenMeter's next page overlaps checking this one (two pages in
+    memory at most)."""
 
-    async def next_batch() -> list[T]:
-        batch: list[T] = []
-        with contextlib.suppress(StopAsyncIteration):
-            while len(batch) < size:
-                batch.append(await anext(items))
-        return batch
+    async def next_page() -> list[T] | None:
+        try:
+            return await anext(pages)
+        except StopAsyncIteration:
+            return None
 
-    pending: asyncio.Task[list[T]] = asyncio.create_task(next_batch())
+    pending: asyncio.Task[list[T] | None] = asyncio.create_task(next_page())
     try:
         while True:
-            batch = await pending
-            if not batch:
+            page = await pending
+            if page is None:
                 return
-            full_page = len(batch) >= size
-            if full_page:
-                pending = asyncio.create_task(next_batch())
-            yield batch
-            if not full_page:
-                return
+            pending = asyncio.create_task(next_page())
+            yield page
     finally:
         if not pending.done():
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pending
-        aclose = getattr(items, "aclose", None)
+        aclose = getattr(pages, "aclose", None)
         if aclose is not None:
             await aclose()
 
@@ -461,12 +457,10 @@ class Worker:
             return counts
         started = time.perf_counter()
         log.info("sweep_started", kind=kind)
-        customers = self.rt.client.iter_customers(
-            page_size=SWEEP_PAGE_SIZE, expand_subscriptions=True
-        )
+        pages = self.rt.client.iter_customer_listings(page_size=SWEEP_PAGE_SIZE)
         try:
             # The next page is read while this one is checked (bounded: two pages in memory).
-            async for batch in read_ahead(customers, SWEEP_PAGE_SIZE):
+            async for batch in read_ahead_pages(pages):
                 if self._stopping:
                     break
                 await self._sweep_batch(batch, full, counts)
@@ -477,7 +471,7 @@ class Worker:
         return counts
 
     async def _sweep_batch(
-        self, batch: Iterable[Customer], full: bool, counts: dict[str, int]
+        self, batch: Iterable[CustomerListing], full: bool, counts: dict[str, int]
     ) -> None:
         kind = "full_sweep" if full else "sweep"
         now = await self.rt.clock.now()
@@ -493,7 +487,7 @@ class Worker:
 
         # The cheap checks run inline; only customers that need work get a task (a task per
         # customer of a no-op page was a quarter of the sweep's time).
-        work: list[tuple[Customer, ChangeRecord | None]] = []
+        work: list[tuple[CustomerListing, ChangeRecord | None]] = []
         for cust in batch:
             change: ChangeRecord | None = None
             for ref in dict.fromkeys(r for r in (cust.key, cust.id) if r):
@@ -509,7 +503,7 @@ class Worker:
                 continue
             work.append((cust, change))
 
-        async def one(cust: Customer, change: ChangeRecord | None) -> None:
+        async def one(cust: CustomerListing, change: ChangeRecord | None) -> None:
             async with check_sem:
                 if self._stopping:
                     return
