@@ -790,26 +790,50 @@ class Store:
         cursor: str | None = None,
     ) -> tuple[list[ChangeRecord], str | None]:
         """Newest first (by received_at, then id). ``next_cursor`` is None on the last page."""
-        if limit < 1:
-            raise ValueError("limit must be positive")
         c = change_requests.c
         q = sa.select(change_requests)
         if status is not None:
             q = q.where(c.status == ChangeStatus(status).value)
         if customer is not None:
             q = q.where(c.customer == customer)
-        if cursor is not None:
-            at, ident = _decode_cursor("changes", cursor)
-            q = q.where(sa.or_(c.received_at < at, sa.and_(c.received_at == at, c.id < ident)))
-        q = q.order_by(c.received_at.desc(), c.id.desc()).limit(limit + 1)
+        return await self._keyset_page(
+            "changes",
+            q,
+            c.received_at,
+            c.id,
+            cursor,
+            limit,
+            _change,
+            lambda r: (r.received_at, r.id),
+        )
 
-        async def op(conn: AsyncConnection) -> list[ChangeRecord]:
-            return [_change(r) for r in (await conn.execute(q)).all()]
+    async def _keyset_page(
+        self,
+        name: str,
+        q: sa.Select[Any],
+        at_col: sa.ColumnElement[Any],
+        id_col: sa.ColumnElement[Any],
+        cursor: str | None,
+        limit: int,
+        record: Callable[[Row[Any]], R],
+        key_of: Callable[[R], tuple[datetime, str]],
+    ) -> tuple[list[R], str | None]:
+        """Newest first by (``at_col``, ``id_col``); ``cursor`` continues after the last row of
+        the previous page. The cursor for the next page is None on the last page."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        if cursor is not None:
+            at, ident = _decode_cursor(name, cursor)
+            q = q.where(sa.or_(at_col < at, sa.and_(at_col == at, id_col < ident)))
+        q = q.order_by(at_col.desc(), id_col.desc()).limit(limit + 1)
+
+        async def op(conn: AsyncConnection) -> list[R]:
+            return [record(r) for r in (await conn.execute(q)).all()]
 
         rows = await self._tx(op, write=False)
         if len(rows) > limit:
             last = rows[limit - 1]
-            return rows[:limit], _encode_cursor("changes", last.received_at, last.id)
+            return rows[:limit], _encode_cursor(name, *key_of(last))
         return rows, None
 
     async def update_change(
@@ -1312,25 +1336,13 @@ class Store:
         cursor: str | None = None,
     ) -> tuple[list[OutboxEvent], str | None]:
         """Newest first (created_at, then id)."""
-        if limit < 1:
-            raise ValueError("limit must be positive")
         c = outbox_events.c
         q = sa.select(outbox_events)
         if status is not None:
             q = q.where(c.status == EventStatus(status).value)
-        if cursor is not None:
-            at, ident = _decode_cursor("events", cursor)
-            q = q.where(sa.or_(c.created_at < at, sa.and_(c.created_at == at, c.id < ident)))
-        q = q.order_by(c.created_at.desc(), c.id.desc()).limit(limit + 1)
-
-        async def op(conn: AsyncConnection) -> list[OutboxEvent]:
-            return [_event(r) for r in (await conn.execute(q)).all()]
-
-        rows = await self._tx(op, write=False)
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            return rows[:limit], _encode_cursor("events", last.created_at, last.id)
-        return rows, None
+        return await self._keyset_page(
+            "events", q, c.created_at, c.id, cursor, limit, _event, lambda r: (r.created_at, r.id)
+        )
 
     async def count_events_by_status(self) -> dict[str, int]:
         async def op(conn: AsyncConnection) -> dict[str, int]:
