@@ -4,9 +4,10 @@ Calls made while working on a change (reads and writes) are all recorded. Reads 
 change — a sweep looking at thousands of converged customers — are not, unless they failed:
 they decide nothing and would drown the log.
 
-Mutations and failures are written at once. Successful reads of a pass are buffered and written
-with the next mutation or when the engine ends the pass (``flush``), so a pass costs a couple of
-store transactions instead of one per read; a crash may lose the buffered reads of the pass it
+Outside a reconcile pass, mutations and failures are written at once. Inside one, the engine
+``bind``s the customer: every row of the pass is buffered and the engine writes them with its
+own step (``take``), in the transaction that records what the step decided — right after each
+mutation, before any further call, so a crash may lose the buffered reads of the pass it
 interrupted, never a mutation's row.
 """
 
@@ -32,7 +33,8 @@ class AuditWriter:
         self.store = store
         self.clock = clock
         self.reads = reads
-        self._buffered: dict[str, list[AuditEntry]] = {}  # customer -> successful reads
+        self._buffered: dict[str, list[AuditEntry]] = {}  # customer -> rows not yet written
+        self._bound: set[str] = set()  # customers in a reconcile pass (the engine writes)
 
     async def __call__(self, record: CallRecord) -> None:
         ctx = structlog.contextvars.get_contextvars()
@@ -55,14 +57,25 @@ class AuditWriter:
             detail=record.detail or record.error,
             data={"duration_s": round(record.duration_s, 6), "attempt": record.attempt},
         )
-        if record.method == _READ and not failed and in_change and customer is not None:
+        if customer is not None and (
+            customer in self._bound or (in_change and not failed and record.method == _READ)
+        ):
             self._buffered.setdefault(customer, []).append(entry)
             return
         entries = [*self._buffered.pop(customer, []), entry] if customer else [entry]
         await self.store.append_audit(entries)
 
+    def bind(self, customer: str) -> None:
+        """Buffer every row of this customer's calls until ``take`` (a reconcile pass)."""
+        self._bound.add(customer)
+
+    def take(self, customer: str) -> list[AuditEntry]:
+        """The rows buffered for this customer, oldest first, for the caller to write."""
+        return self._buffered.pop(customer, [])
+
     async def flush(self, customer: str) -> None:
-        """Write the reads buffered for this customer's pass."""
+        """Write what is still buffered for this customer and end its pass."""
+        self._bound.discard(customer)
         entries = self._buffered.pop(customer, [])
         if entries:
             await self.store.append_audit(entries)

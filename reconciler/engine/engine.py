@@ -9,6 +9,7 @@ observation shows whether it was applied.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ from reconciler.openmeter.errors import (
 )
 from reconciler.store import Store
 from reconciler.store.errors import StaleChangeError
-from reconciler.store.store import Claim
+from reconciler.store.store import KEEP, Claim, Keep
 from reconciler.store.types import (
     AuditEntry,
     AuditKind,
@@ -96,6 +97,25 @@ class Outcome:
     error: str | None = None
     usage_not_preserved: list[str] = field(default_factory=list)
     result: PlanResult | None = None
+
+
+@dataclass
+class _Pass:
+    """One reconcile pass of one customer: its claims and the writes staged for the next commit.
+
+    Writes are staged and committed together (``Engine._commit``): before the pass's first
+    mutation and before any mutation that needs a durable marker (``proof_before``,
+    ``resuming``), right after every mutation (with its audit row), and when the pass ends.
+    """
+
+    claim: Claim
+    aliases: AsyncExitStack
+    fields: dict[str, Any] = field(default_factory=dict)
+    notes: list[AuditEntry] = field(default_factory=list)
+    reschedule: datetime | Keep | None = KEEP
+    customer_id: str | None = None
+    durable: bool = False  # a staged field must be stored before the next mutation
+    acted: bool = False  # a mutation was sent in this pass
 
 
 def _value_dict(v: EntitlementValue | None) -> dict[str, Any] | None:
@@ -153,9 +173,8 @@ class Engine:
         self.hooks = hooks or Hooks()
         self.max_steps = max_steps
         self._after_action = after_action  # test seam: crash injection right after a mutation
-        self._claims: dict[str, Claim] = {}
-        self.call_audit = call_audit  # the client's audit observer: flushed after each pass
-        self._alias_claims: dict[str, AsyncExitStack] = {}
+        self.call_audit = call_audit  # the client's audit observer: its rows go with ours
+        self._passes: dict[str, _Pass] = {}
 
     # ------------------------------------------------------------------------------------------
     async def reconcile(self, customer: str) -> Outcome:
@@ -167,10 +186,11 @@ class Engine:
         async with self.store.claim(customer) as claim, AsyncExitStack() as aliases:
             if claim is None:
                 return Outcome(customer, None, None, "busy")
-            self._claims[customer] = claim
-            self._alias_claims[customer] = aliases
+            self._passes[customer] = _Pass(claim, aliases)
+            if self.call_audit is not None:
+                self.call_audit.bind(customer)
             try:
-                return await self._reconcile_claimed(customer)
+                return await self._reconcile_claimed(customer, claim)
             except StaleChangeError as exc:
                 # A newer request superseded this one while we worked on it (the store keeps
                 # superseded final): nothing to record, and no event for it; the worker runs
@@ -178,25 +198,72 @@ class Engine:
                 log.info("change_superseded_while_reconciling", change=exc.change_id)
                 return Outcome(customer, exc.change_id, exc.actual, "superseded")
             finally:
-                self._claims.pop(customer, None)
-                self._alias_claims.pop(customer, None)
+                state = self._passes.pop(customer)
                 if self.call_audit is not None:
                     await self.call_audit.flush(customer)
+                if state.notes:
+                    await self.store.append_audit(state.notes)
 
-    async def _schedule(self, customer: str, at: datetime | None) -> None:
-        claim = self._claims.get(customer)
-        if claim is not None:
-            await claim.reschedule(at)
-        elif at is not None:
-            await self.store.schedule_customer(customer, at)
+    # -- staged writes --------------------------------------------------------------------------
 
-    async def _reconcile_claimed(self, customer: str) -> Outcome:
-        change = await self.store.desired_for(customer)
+    def _stage(self, change: ChangeRecord, *, durable: bool = False, **fields: Any) -> ChangeRecord:
+        """Stage fields of the change for the next commit; returns the change as it will be."""
+        state = self._passes[change.customer]
+        state.fields.update(fields)
+        state.durable = state.durable or durable
+        if "customer_id" in fields:
+            state.customer_id = fields["customer_id"]
+        return dataclasses.replace(change, **fields)
+
+    def _note(self, change: ChangeRecord, entry: AuditEntry) -> None:
+        self._passes[change.customer].notes.append(entry)
+
+    def _schedule(self, customer: str, at: datetime | None) -> None:
+        """Stage when the worker should look at this customer next (None: nothing due)."""
+        self._passes[customer].reschedule = at
+
+    async def _commit(
+        self, change: ChangeRecord | None, customer: str, events: list[NewEvent] | None = None
+    ) -> ChangeRecord | None:
+        """Write what the pass staged, the audit rows of its calls and ``events`` in one store
+        transaction (see ``Store.commit``)."""
+        state = self._passes[customer]
+        audit = [*(self.call_audit.take(customer) if self.call_audit else ()), *state.notes]
+        fields, reschedule = state.fields, state.reschedule
+        state.fields, state.notes, state.reschedule, state.durable = {}, [], KEEP, False
         if change is None:
-            await self._schedule(customer, None)
+            fields = {}
+        try:
+            stored = await self.store.commit(
+                change.id if change is not None else None,
+                fields=fields,
+                events=events or (),
+                audit=audit,
+                claim=state.claim,
+                customer_id=state.customer_id,
+                reschedule=reschedule,
+            )
+        except StaleChangeError:
+            await self.store.append_audit(audit)  # what was called stays on record
+            raise
+        return stored if stored is not None else change
+
+    async def _commit_change(
+        self, change: ChangeRecord, events: list[NewEvent] | None = None
+    ) -> ChangeRecord:
+        stored = await self._commit(change, change.customer, events)
+        assert stored is not None
+        return stored
+
+    async def _reconcile_claimed(self, customer: str, claim: Claim) -> Outcome:
+        change = claim.desired
+        if change is None:
+            self._schedule(customer, None)
+            await self._commit(None, customer)
             return Outcome(customer, None, None, "no_desired_state")
         if change.status in (ChangeStatus.FAILED, ChangeStatus.SUPERSEDED):
-            await self._schedule(customer, None)
+            self._schedule(customer, None)
+            await self._commit(None, customer)
             return Outcome(
                 customer, change.id, change.status.value, "not_open", error=change.last_error
             )
@@ -218,7 +285,7 @@ class Engine:
         customer = change.customer
         target = await self.catalog.get(change.plan_key, change.plan_version)
         if change.plan_version is None:
-            change = await self.store.update_change(change.id, plan_version=target.version)
+            change = self._stage(change, plan_version=target.version)
         desired = change.to_desired()
         converged = change.status is ChangeStatus.CONVERGED
         outcome = Outcome(customer, change.id, change.status.value, "acting")
@@ -267,20 +334,28 @@ class Engine:
             before = None
             cur = observed.current
             if isinstance(action, DeleteScheduled) and cur is not None:
-                change = await self.store.update_change(
-                    change.id, details={**change.details, "resuming": cur.id}
+                # Stored before the DELETE: a crash in between still knows the cancelation
+                # it causes is ours to undo.
+                change = self._stage(
+                    change, durable=True, details={**change.details, "resuming": cur.id}
                 )
             if isinstance(action, EditItems):
                 before = await self._proof_before(change, observed, target)
-                change = await self.store.update_change(
-                    change.id, details={**change.details, "proof_before": before}
+                change = self._stage(
+                    change, durable=True, details={**change.details, "proof_before": before}
                 )
+            state = self._passes[customer]
+            if state.durable or not state.acted:
+                # The decision, and any marker the mutation relies on, are stored first (this
+                # also finds out, before acting, whether a newer request superseded ours).
+                change = await self._commit_change(change)
+            state.acted = True
             try:
                 response = await self._execute(action)
             except TransportError as exc:
                 # Applied or not? Only the next observation can tell.
                 ambiguous += 1
-                await self._audit_outcome(change, action, "ambiguous", str(exc))
+                change = await self._audit_outcome(change, action, "ambiguous", str(exc))
                 if ambiguous > 2 or _may_still_be_running(exc):
                     # A timed-out mutation may still be running in OpenMeter: an observation
                     # now could miss it and send it again (both would apply). Look again after
@@ -289,7 +364,7 @@ class Engine:
                 continue
             except ServerError as exc:
                 ambiguous += 1
-                await self._audit_outcome(change, action, "ambiguous", exc.detail)
+                change = await self._audit_outcome(change, action, "ambiguous", exc.detail)
                 if ambiguous > 2:
                     raise
                 continue
@@ -297,11 +372,13 @@ class Engine:
                 # Maybe our observation was stale; re-observe. The same call failing twice is
                 # not explained by state: the change fails with OpenMeter's words.
                 last_failure = (action, exc)
-                await self._audit_outcome(change, action, "rejected", exc.detail)
+                change = await self._audit_outcome(change, action, "rejected", exc.detail)
                 if self.hooks.on_action:
                     self.hooks.on_action(action.kind, "rejected")
                 continue
             last_failure = None
+            # The mutation's audit row, at once, with whatever this step staged.
+            change = await self._commit_change(change)
             outcome.applied.append(
                 {"action": action.kind, **action.request().as_dict(), "result": response}
             )
@@ -390,27 +467,26 @@ class Engine:
         self, change: ChangeRecord, result: PlanResult, observed: Observed
     ) -> ChangeRecord:
         now = await self.clock.now()
-        await self.store.append_audit(
-            [
-                AuditEntry(
-                    at=now,
-                    kind=AuditKind.DECISION,
-                    operation="plan",
-                    customer=change.customer,
-                    change_id=change.id,
-                    data={
-                        "state": result.state.value,
-                        "direction": result.direction.value,
-                        "timing": result.timing.value if result.timing else None,
-                        "rule": result.rule,
-                        "reason": result.reason,
-                        "from_plan": str(result.from_plan) if result.from_plan else None,
-                        "actions": [a.request().as_dict() for a in result.actions],
-                        "warnings": list(result.warnings),
-                        "refusal": result.refusal,
-                    },
-                )
-            ]
+        self._note(
+            change,
+            AuditEntry(
+                at=now,
+                kind=AuditKind.DECISION,
+                operation="plan",
+                customer=change.customer,
+                change_id=change.id,
+                data={
+                    "state": result.state.value,
+                    "direction": result.direction.value,
+                    "timing": result.timing.value if result.timing else None,
+                    "rule": result.rule,
+                    "reason": result.reason,
+                    "from_plan": str(result.from_plan) if result.from_plan else None,
+                    "actions": [a.request().as_dict() for a in result.actions],
+                    "warnings": list(result.warnings),
+                    "refusal": result.refusal,
+                },
+            ),
         )
         if change.direction is not None or not result.actions:
             return change
@@ -420,8 +496,8 @@ class Engine:
         }
         if result.warnings:
             details["warnings"] = list(result.warnings)
-        return await self.store.update_change(
-            change.id,
+        return self._stage(
+            change,
             direction=result.direction,
             timing=result.timing,
             rule=result.rule,
@@ -464,7 +540,7 @@ class Engine:
         details = {k: v for k, v in change.details.items() if k != "proof_before"}
         details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
         details["entitlements_after"] = after
-        return await self.store.update_change(change.id, details=details), after_vals
+        return self._stage(change, details=details), after_vals
 
     async def _one_customer_one_intent(
         self, change: ChangeRecord, observed: Observed, now: datetime
@@ -474,20 +550,20 @@ class Engine:
         both claims, and the latest ``requested_at`` wins: the older one is superseded, so the
         two can never undo each other."""
         customer, cid = change.customer, observed.customer_id
+        state = self._passes[customer]
         if change.customer_id is None:
-            change = await self.store.update_change(change.id, customer_id=cid)
-        claim = self._claims.get(customer)
-        if claim is not None and claim.customer_id is None:
-            await claim.set_customer_id(cid)
-        stack = self._alias_claims.get(customer)
+            change = self._stage(change, customer_id=cid)
+        elif state.claim.customer_id is None:
+            state.customer_id = cid
         for rec in await self.store.aliases(cid):
-            if rec.customer == customer or stack is None:
+            if rec.customer == customer:
                 continue
-            other_claim = await stack.enter_async_context(self.store.claim(rec.customer))
+            other_claim = await state.aliases.enter_async_context(self.store.claim(rec.customer))
             if other_claim is None:  # being worked on right now: look again shortly
-                await self._schedule(customer, now + RETRY_BASE)
+                self._schedule(customer, now + RETRY_BASE)
+                change = await self._commit_change(change)
                 return change, Outcome(customer, change.id, change.status.value, "busy")
-            other = await self.store.desired_for(rec.customer)
+            other = other_claim.desired
             if other is None or other.status in (ChangeStatus.SUPERSEDED, ChangeStatus.FAILED):
                 continue
             ours_newer = change.requested_at >= other.requested_at
@@ -498,22 +574,32 @@ class Engine:
                 f"superseded by change {newer.id} (requested {newer.requested_at.isoformat()}) "
                 f"for the same OpenMeter customer {cid}, addressed as '{newer_ref}'"
             )
-            updated = await self.store.update_change(
-                older.id, status=ChangeStatus.SUPERSEDED, last_error=reason, next_attempt_at=None
-            )
-            log.warning("alias_superseded", superseded=older.id, winner=newer.id, customer_id=cid)
             if not ours_newer:
-                await self._schedule(customer, None)
+                self._schedule(customer, None)
+                updated = self._stage(
+                    change,
+                    status=ChangeStatus.SUPERSEDED,
+                    last_error=reason,
+                    next_attempt_at=None,
+                )
+                updated = await self._commit_change(updated)
+                log.warning(
+                    "alias_superseded", superseded=older.id, winner=newer.id, customer_id=cid
+                )
                 return updated, Outcome(
                     customer, change.id, "superseded", "superseded", error=reason
                 )
+            await self.store.update_change(
+                older.id, status=ChangeStatus.SUPERSEDED, last_error=reason, next_attempt_at=None
+            )
+            log.warning("alias_superseded", superseded=older.id, winner=newer.id, customer_id=cid)
         return change, None
 
     async def _clear_resuming(self, change: ChangeRecord, observed: Observed) -> ChangeRecord:
         if change.details.get("resuming") is None or _resuming(change, observed):
             return change
         details = {k: v for k, v in change.details.items() if k != "resuming"}
-        return await self.store.update_change(change.id, details=details)
+        return self._stage(change, details=details)
 
     async def _check_pending_proof(
         self, change: ChangeRecord, observed: Observed, outcome: Outcome
@@ -533,7 +619,8 @@ class Engine:
         if result.state is State.REFUSED:
             return await self._fail(change, result.refusal or result.reason, outcome=outcome)
         if result.state is State.RESPECTED:
-            await self._schedule(change.customer, None)
+            self._schedule(change.customer, None)
+            await self._commit_change(change)
             outcome.status = change.status.value
             log.warning("cancelation_respected", reason=result.reason)
             return outcome
@@ -557,16 +644,16 @@ class Engine:
         if status is not change.status and status is not ChangeStatus.PENDING:
             n = _next_transition(details)
             events.append(self._event(change, status, result, n))
-        updated = await self.store.update_change(
-            change.id,
+        updated = self._stage(
+            change,
             status=status,
             last_error=None,
             next_attempt_at=next_check,
             converges_at=result.converges_at if status is not ChangeStatus.CONVERGED else now,
             details=details,
-            events=events,
         )
-        await self._schedule(change.customer, next_check)
+        self._schedule(change.customer, next_check)
+        updated = await self._commit_change(updated, events)
         if self.hooks.on_status:
             self.hooks.on_status(status.value)
         outcome.status = updated.status.value
@@ -618,27 +705,26 @@ class Engine:
         n = _next_transition(details)
         kinds = dict.fromkeys([event, "plan_change.failed"])
         events = [NewEvent(type=k, payload=payload, id=_event_id(change.id, n, k)) for k in kinds]
-        await self.store.update_change(
-            change.id,
+        change = self._stage(
+            change,
             status=ChangeStatus.FAILED,
             last_error=error,
             next_attempt_at=None,
             details=details,
-            events=events,
         )
-        await self._schedule(change.customer, None)
-        await self.store.append_audit(
-            [
-                AuditEntry(
-                    at=now,
-                    kind=AuditKind.DECISION,
-                    operation="failed",
-                    customer=change.customer,
-                    change_id=change.id,
-                    detail=error,
-                )
-            ]
+        self._schedule(change.customer, None)
+        self._note(
+            change,
+            AuditEntry(
+                at=now,
+                kind=AuditKind.DECISION,
+                operation="failed",
+                customer=change.customer,
+                change_id=change.id,
+                detail=error,
+            ),
         )
+        await self._commit_change(change, events)
         if self.hooks.on_status:
             self.hooks.on_status(ChangeStatus.FAILED.value)
         log.error("change_failed", error=error)
@@ -653,31 +739,31 @@ class Engine:
         attempts = change.attempts + 1
         retry_at = now + _backoff(attempts)
         detail = f"{type(exc).__name__}: {exc.detail or exc}"
-        await self.store.update_change(
-            change.id, attempts=attempts, last_error=detail, next_attempt_at=retry_at
-        )
-        await self._schedule(change.customer, retry_at)
+        change = self._stage(change, attempts=attempts, last_error=detail, next_attempt_at=retry_at)
+        self._schedule(change.customer, retry_at)
+        await self._commit_change(change)
         log.warning("retry_later", error=detail, attempts=attempts, retry_at=retry_at.isoformat())
         return Outcome(change.customer, change.id, change.status.value, "retry", error=detail)
 
     async def _audit_outcome(
         self, change: ChangeRecord, action: Action, outcome: str, detail: str | None
-    ) -> None:
-        await self.store.append_audit(
-            [
-                AuditEntry(
-                    at=await self.clock.now(),
-                    kind=AuditKind.DECISION,
-                    operation=outcome,
-                    customer=change.customer,
-                    change_id=change.id,
-                    method=action.request().method,
-                    path=action.request().path,
-                    detail=detail,
-                    data={"action": action.kind},
-                )
-            ]
+    ) -> ChangeRecord:
+        """Record a mutation that failed or may not have been applied, with its call's row."""
+        self._note(
+            change,
+            AuditEntry(
+                at=await self.clock.now(),
+                kind=AuditKind.DECISION,
+                operation=outcome,
+                customer=change.customer,
+                change_id=change.id,
+                method=action.request().method,
+                path=action.request().path,
+                detail=detail,
+                data={"action": action.kind},
+            ),
         )
+        return await self._commit_change(change)
 
 
 def _iso(dt: datetime | None) -> str | None:

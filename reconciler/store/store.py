@@ -156,6 +156,34 @@ def _audit(row: Row[Any]) -> AuditEntry:
     return _record(AuditEntry, row, kind=AuditKind)
 
 
+def _audit_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": _aware(e.at, "at"),
+            "customer": e.customer,
+            "change_id": e.change_id,
+            "kind": AuditKind(e.kind).value,
+            "operation": e.operation,
+            "method": e.method,
+            "path": e.path,
+            "request_body": e.request_body,
+            "status": e.status,
+            "detail": e.detail,
+            "data": dict(e.data) if e.data is not None else None,
+        }
+        for e in entries
+    ]
+
+
+class Keep:
+    """``Store.commit(reschedule=KEEP)``: leave the customer's next check as it is."""
+
+    __slots__ = ()
+
+
+KEEP = Keep()
+
+
 def _encode_cursor(kind: str, at: datetime, ident: str) -> str:
     raw = json.dumps([kind, at.astimezone(UTC).isoformat(), ident], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -223,6 +251,7 @@ class Claim:
         row: CustomerRecord,
         version: int,
         conn: AsyncConnection | None,
+        desired: ChangeRecord | None = None,
     ) -> None:
         self._store = store
         self._conn = conn  # PostgreSQL: the connection holding the row lock
@@ -232,6 +261,8 @@ class Claim:
         self.customer_id = row.customer_id
         self.desired_change_id = row.desired_change_id
         self.next_check_at = row.next_check_at
+        #: The customer's desired request as it was when claimed (``Store.desired_for``).
+        self.desired = desired
 
     def is_due(self, now: datetime) -> bool:
         """Whether the customer was due at ``now`` when claimed. A name from ``claim_due`` may
@@ -244,6 +275,9 @@ class Claim:
         A request submitted while the claim was held (only possible on SQLite, where the claim
         is not a row lock) is not lost: the earlier of the two times wins then.
         """
+        await self._run(self._reschedule_op(at))
+
+    def _reschedule_op(self, at: datetime | None) -> Callable[[AsyncConnection], Awaitable[None]]:
         at_utc = _aware(at, "at") if at is not None else None
         now = self._store._clock()
 
@@ -267,10 +301,13 @@ class Claim:
             )
             self.next_check_at = target
 
-        await self._run(op)
+        return op
 
     async def set_customer_id(self, customer_id: str) -> None:
         """Remember the resolved OpenMeter id of this customer."""
+        await self._run(self._customer_id_op(customer_id))
+
+    def _customer_id_op(self, customer_id: str) -> Callable[[AsyncConnection], Awaitable[None]]:
         now = self._store._clock()
 
         async def op(conn: AsyncConnection) -> None:
@@ -281,7 +318,7 @@ class Claim:
             )
             self.customer_id = customer_id
 
-        await self._run(op)
+        return op
 
     async def _run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         if self._conn is None:
@@ -759,6 +796,16 @@ class Store:
 
         return await self._tx(op, write=False)
 
+    async def _claim_rows(
+        self, conn: AsyncConnection, customer: str
+    ) -> tuple[Row[Any] | None, ChangeRecord | None]:
+        row = (
+            await conn.execute(sa.select(customers).where(customers.c.customer == customer))
+        ).first()
+        if row is None or row.desired_change_id is None:
+            return row, None
+        return row, await self._get_change(conn, row.desired_change_id)
+
     async def desired_for_many(self, refs: Iterable[str]) -> dict[str, ChangeRecord]:
         """``desired_for`` of many customers in one transaction (a few ``IN`` queries): the sweep
         looks a page of customers up at once instead of one transaction per customer. Keyed by
@@ -836,20 +883,7 @@ class Store:
             return rows[:limit], _encode_cursor(name, *key_of(last))
         return rows, None
 
-    async def update_change(
-        self,
-        change_id: str,
-        *,
-        expected_status: ChangeStatus | str | None = None,
-        events: Sequence[NewEvent] = (),
-        now: datetime | None = None,
-        **fields: Any,
-    ) -> ChangeRecord:
-        """Update a change request and enqueue ``events`` in the same transaction.
-
-        ``expected_status``: optimistic concurrency; ``StaleChangeError`` when the row is no
-        longer in that status. ``ChangeNotFoundError`` for an unknown id.
-        """
+    def _change_values(self, fields: Mapping[str, Any], now: datetime | None) -> dict[str, Any]:
         unknown = set(fields) - UPDATABLE_CHANGE_FIELDS
         if unknown:
             raise TypeError(f"update_change: unknown fields {sorted(unknown)}")
@@ -864,30 +898,106 @@ class Store:
             elif k == "details":
                 v = dict(v or {})
             values[k] = v
-        stamp = _aware(now, "now") if now is not None else self._clock()
-        values["updated_at"] = stamp
+        values["updated_at"] = _aware(now, "now") if now is not None else self._clock()
+        return values
+
+    async def _update_change_row(
+        self,
+        conn: AsyncConnection,
+        change_id: str,
+        values: Mapping[str, Any],
+        expected: str | None,
+        events: Sequence[NewEvent],
+    ) -> ChangeRecord:
+        q = change_requests.update().where(change_requests.c.id == change_id)
+        if expected is not None:
+            q = q.where(change_requests.c.status == expected)
+        elif values.get("status", SUPERSEDED) != SUPERSEDED:
+            # Superseded is final: a worker still busy with a request that a newer one
+            # replaced meanwhile must not bring it back as applied/scheduled/converged.
+            q = q.where(change_requests.c.status != SUPERSEDED)
+        result = await conn.execute(q.values(**values).returning(*change_requests.c))
+        row = result.first()
+        if row is None:
+            current = await self._get_change(conn, change_id)
+            if current is None:
+                raise ChangeNotFoundError(f"change {change_id} not found")
+            raise StaleChangeError(change_id, expected or "open", current.status.value)
+        record = _change(row)
+        await self._write_events(conn, events, record.customer, record.id, values["updated_at"])
+        return record
+
+    async def update_change(
+        self,
+        change_id: str,
+        *,
+        expected_status: ChangeStatus | str | None = None,
+        events: Sequence[NewEvent] = (),
+        now: datetime | None = None,
+        **fields: Any,
+    ) -> ChangeRecord:
+        """Update a change request and enqueue ``events`` in the same transaction.
+
+        ``expected_status``: optimistic concurrency; ``StaleChangeError`` when the row is no
+        longer in that status. ``ChangeNotFoundError`` for an unknown id.
+        """
+        values = self._change_values(fields, now)
         expected = ChangeStatus(expected_status).value if expected_status is not None else None
 
         async def op(conn: AsyncConnection) -> ChangeRecord:
-            q = change_requests.update().where(change_requests.c.id == change_id)
-            if expected is not None:
-                q = q.where(change_requests.c.status == expected)
-            elif values.get("status", SUPERSEDED) != SUPERSEDED:
-                # Superseded is final: a worker still busy with a request that a newer one
-                # replaced meanwhile must not bring it back as applied/scheduled/converged.
-                q = q.where(change_requests.c.status != SUPERSEDED)
-            result = await conn.execute(q.values(**values).returning(*change_requests.c))
-            row = result.first()
-            if row is None:
-                current = await self._get_change(conn, change_id)
-                if current is None:
-                    raise ChangeNotFoundError(f"change {change_id} not found")
-                raise StaleChangeError(change_id, expected or "open", current.status.value)
-            record = _change(row)
-            await self._write_events(conn, events, record.customer, record.id, stamp)
-            return record
+            return await self._update_change_row(conn, change_id, values, expected, events)
 
         return await self._tx(op, write=True)
+
+    async def commit(
+        self,
+        change_id: str | None,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        events: Sequence[NewEvent] = (),
+        audit: Sequence[AuditEntry] = (),
+        claim: Claim | None = None,
+        customer_id: str | None = None,
+        reschedule: datetime | Keep | None = KEEP,
+    ) -> ChangeRecord | None:
+        """One engine step's writes in one transaction: the change's fields (superseded stays
+        final, as in ``update_change``), its events and audit rows, and — through ``claim`` —
+        the customer's resolved id and next check. Returns the updated change (None when no
+        field was given).
+
+        SQLite: everything commits together. PostgreSQL: the change, events and audit commit
+        now; the customer-row writes go through the claim's connection (its row lock is held
+        there) and commit when the claim ends, as ``Claim.reschedule`` always did.
+        """
+        values = self._change_values(fields, None) if fields else None
+        rows = _audit_rows(audit)
+        claim_ops: list[Callable[[AsyncConnection], Awaitable[None]]] = []
+        if claim is not None and customer_id is not None and claim.customer_id != customer_id:
+            claim_ops.append(claim._customer_id_op(customer_id))
+        if claim is not None and not isinstance(reschedule, Keep):
+            claim_ops.append(claim._reschedule_op(reschedule))
+        inline = claim is not None and claim._conn is None
+
+        async def op(conn: AsyncConnection) -> ChangeRecord | None:
+            record = None
+            if values is not None and change_id is not None:
+                record = await self._update_change_row(conn, change_id, values, None, events)
+            elif events:
+                await self._write_events(conn, events, None, change_id, self._clock())
+            if rows:
+                await conn.execute(audit_log.insert(), rows)
+            if inline:
+                for claim_op in claim_ops:
+                    await claim_op(conn)
+            return record
+
+        record = None
+        if values is not None or events or rows or (inline and claim_ops):
+            record = await self._tx(op, write=True)
+        if claim is not None and not inline:
+            for claim_op in claim_ops:
+                await claim._run(claim_op)
+        return record
 
     async def count_changes_by_status(self) -> dict[str, int]:
         async def op(conn: AsyncConnection) -> dict[str, int]:
@@ -1017,16 +1127,23 @@ class Store:
             try:
                 now = self._clock()
 
-                async def load(conn: AsyncConnection) -> Row[Any]:
-                    await self._ensure_customer(conn, customer, now)
-                    return (
-                        await conn.execute(
-                            sa.select(customers).where(customers.c.customer == customer)
-                        )
-                    ).one()
+                async def read(
+                    conn: AsyncConnection,
+                ) -> tuple[Row[Any] | None, ChangeRecord | None]:
+                    return await self._claim_rows(conn, customer)
 
-                row = await self._tx(load, write=True, idempotent=True)
-                claim = Claim(self, _customer(row), row.version, None)
+                async def load(
+                    conn: AsyncConnection,
+                ) -> tuple[Row[Any] | None, ChangeRecord | None]:
+                    await self._ensure_customer(conn, customer, now)
+                    return await self._claim_rows(conn, customer)
+
+                # Read first: the row nearly always exists, and a read needs no write lock.
+                row, desired = await self._tx(read, write=False)
+                if row is None:
+                    row, desired = await self._tx(load, write=True, idempotent=True)
+                assert row is not None
+                claim = Claim(self, _customer(row), row.version, None, desired)
                 token = _push_claim(self, claim)
                 try:
                     yield claim
@@ -1070,7 +1187,15 @@ class Store:
                 await conn.rollback()
                 yield None
                 return
-            claim = Claim(self, _customer(locked), locked.version, conn)
+            try:
+                desired = None
+                if locked.desired_change_id is not None:
+                    desired = await self._get_change(conn, locked.desired_change_id)
+            except exc.DBAPIError as e:
+                if _is_transient(e, False):
+                    raise StoreUnavailable(f"database unavailable: {e.orig}") from e
+                raise _translate(e) from e
+            claim = Claim(self, _customer(locked), locked.version, conn, desired)
             token = _push_claim(self, claim)
             try:
                 yield claim
@@ -1116,22 +1241,7 @@ class Store:
 
     async def append_audit(self, entries: Iterable[AuditEntry]) -> int:
         """Append entries (one transaction). Returns how many were written."""
-        rows = [
-            {
-                "at": _aware(e.at, "at"),
-                "customer": e.customer,
-                "change_id": e.change_id,
-                "kind": AuditKind(e.kind).value,
-                "operation": e.operation,
-                "method": e.method,
-                "path": e.path,
-                "request_body": e.request_body,
-                "status": e.status,
-                "detail": e.detail,
-                "data": dict(e.data) if e.data is not None else None,
-            }
-            for e in entries
-        ]
+        rows = _audit_rows(entries)
         if not rows:
             return 0
 
