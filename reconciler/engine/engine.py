@@ -34,6 +34,7 @@ from reconciler.domain.model import (
     Desired,
     EntitlementValue,
     Observed,
+    ObservedSubscription,
     Plan,
     SubscriptionStatus,
     Timing,
@@ -46,6 +47,7 @@ from reconciler.engine.clock import Clock
 from reconciler.engine.observe import Observer
 from reconciler.engine.preview import preview_document, subscription_view, values_view
 from reconciler.logs import bound, get_logger
+from reconciler.openmeter import mapping
 from reconciler.openmeter.client import OpenMeterClient
 from reconciler.openmeter.errors import (
     BadRequest,
@@ -58,6 +60,7 @@ from reconciler.openmeter.errors import (
     ServerError,
     TransportError,
 )
+from reconciler.openmeter.models import SubscriptionChangeResponse
 from reconciler.store import Store
 from reconciler.store.errors import StaleChangeError
 from reconciler.store.store import KEEP, Claim, Keep
@@ -296,9 +299,16 @@ class Engine:
         # read once and then after every edit (the proof): later steps reuse the newest ones.
         identity: tuple[str, str | None] | None = None
         values: dict[str, EntitlementValue] | None = None
+        # After an edit or a scheduled change, the next step's observation reads only the
+        # current subscription (``Observer.follow``); anything unexpected means a full one.
+        follow: tuple[Observed, ObservedSubscription | None] | None = None
         for step in range(self.max_steps):
             now = await self.clock.now()
-            observed = await self.observer.observe(
+            observed_or_none = None
+            if follow is not None and values is not None:
+                observed_or_none = await self.observer.follow(follow[0], now, values, follow[1])
+                follow = None
+            observed = observed_or_none or await self.observer.observe(
                 customer, now, identity=identity, known_values=values
             )
             if observed.current is not None and observed.current.phase_at(now) is None:
@@ -351,7 +361,7 @@ class Engine:
                 change = await self._commit_change(change)
             state.acted = True
             try:
-                response = await self._execute(action)
+                raw = await self._execute(action)
             except TransportError as exc:
                 # Applied or not? Only the next observation can tell.
                 ambiguous += 1
@@ -380,7 +390,7 @@ class Engine:
             # The mutation's audit row, at once, with whatever this step staged.
             change = await self._commit_change(change)
             outcome.applied.append(
-                {"action": action.kind, **action.request().as_dict(), "result": response}
+                {"action": action.kind, **action.request().as_dict(), "result": _summary(raw)}
             )
             if self.hooks.on_action:
                 self.hooks.on_action(action.kind, "applied")
@@ -400,6 +410,10 @@ class Engine:
                         event="plan_change.usage_not_preserved",
                         outcome=outcome,
                     )
+            if isinstance(action, EditItems):
+                follow = (observed, observed.successor)
+            elif isinstance(raw, SubscriptionChangeResponse):
+                follow = (observed, mapping.to_observed_subscription(raw.next))
         assert result is not None
         return await self._finish(change, result, outcome)
 
@@ -461,7 +475,7 @@ class Engine:
             resp = await c.create_subscription(body)
         else:  # pragma: no cover - exhaustive union
             raise TypeError(action)
-        return _summary(resp)
+        return resp
 
     async def _record_decision(
         self, change: ChangeRecord, result: PlanResult, observed: Observed

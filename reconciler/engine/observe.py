@@ -94,6 +94,46 @@ class Observer:
             values=vals,
         )
 
+    async def follow(
+        self,
+        prev: Observed,
+        now: datetime,
+        values: Mapping[str, EntitlementValue],
+        successor: ObservedSubscription | None,
+    ) -> Observed | None:
+        """The observation after one of our mutations, from one read instead of a full one.
+
+        ``successor`` is what the mutation left scheduled: unchanged by an edit, the ``next``
+        of a change's response (OpenMeter's own view). Only the current subscription is read
+        again; it witnesses its successor (``activeTo`` and the ``superseding`` annotation
+        change whenever anything is scheduled after it, as subscriptions of one customer
+        cannot overlap). When it does not match ``successor``, someone else acted meanwhile
+        and None is returned: observe in full.
+        """
+        cur = prev.current
+        if cur is None:
+            return None
+        fresh = mapping.to_observed_subscription(await self.client.get_subscription(cur.id))
+        if fresh.status.value not in LIVE:
+            return None
+        if successor is None:
+            if fresh.active_to is not None or fresh.superseding_id is not None:
+                return None
+        elif (
+            successor.status.value != "scheduled"
+            or fresh.superseding_id not in (None, successor.id)
+            or fresh.active_to != successor.active_from
+        ):
+            return None
+        return Observed(
+            customer_id=prev.customer_id,
+            customer_key=prev.customer_key,
+            observed_at=now,
+            current=fresh,
+            successor=successor,
+            values=dict(values),
+        )
+
     async def _expanded(self, sub: Subscription | None) -> ObservedSubscription | None:
         if sub is None:
             return None

@@ -1,0 +1,140 @@
+"""What one pass costs the store and OpenMeter, and the short observation after our own mutations.
+
+The engine stages a step's writes and commits them together (``Engine._commit``); after an edit
+or a scheduled change it reads only the current subscription (``Observer.follow``), falling back
+to a full observation whenever that subscription shows someone else acted meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from reconciler.demo import Story
+from reconciler.domain.actions import Action
+from reconciler.engine import Engine
+from reconciler.runtime import Runtime
+from reconciler.store.types import AuditKind
+
+from .conftest import START
+from .helpers import mutations, onboard, plan_key
+
+
+def count_transactions(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count the store's transactions by kind (read/write) from now on."""
+    seen: Counter[str] = Counter()
+    real = rt.store._tx
+
+    async def tx(
+        fn: Callable[[Any], Awaitable[Any]], *, write: bool, idempotent: bool = False
+    ) -> Any:
+        seen["write" if write else "read"] += 1
+        return await real(fn, write=write, idempotent=idempotent)
+
+    monkeypatch.setattr(rt.store, "_tx", tx)
+    return seen
+
+
+async def reads(control: httpx.AsyncClient) -> Counter[str]:
+    rows = (await control.get("/_emulator/requests")).json()["requests"]
+    out: Counter[str] = Counter()
+    for r in rows:
+        if r["method"] == "GET" and r["path"].startswith("/api/"):
+            parts = ["{}" if len(p) == 26 and p.isalnum() else p for p in r["path"].split("/")]
+            out["/".join(parts)] += 1
+    return out
+
+
+async def test_an_upgrade_is_four_store_writes_and_eight_reads(
+    story: Story, rt: Runtime, control: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await onboard(story, "free", START, used=3)
+    await story.request("starter")
+    await rt.engine.catalog.get("starter")  # the catalog is cached: keep it out of the count
+    (await control.delete("/_emulator/requests")).raise_for_status()
+    tx = count_transactions(rt, monkeypatch)
+
+    out = await story.reconcile()
+    got = await reads(control)
+
+    assert out.status == "applied" and await story.value() == (3, 549_997)
+    assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
+    # writes: before the PATCH (decision, proof_before), its audit row, the POST's audit row
+    # (with the proof), the end of the pass (status, event, next check); reads: the claim and
+    # the alias check.
+    assert tx == {"write": 4, "read": 2}
+    assert sum(got.values()) == 7, got  # 8 with the plan, cached here
+    assert got["/api/v1/subscriptions/{}"] == 3  # before the PATCH, after it, after the POST
+    assert got["/api/v1/customers/{}/subscriptions"] == 1  # one full observation
+    # nothing was lost by writing less often: every call and the decision are on record
+    audit = await rt.store.list_audit(customer="acme", limit=100)
+    calls = [a for a in audit if a.kind is AuditKind.CALL]
+    assert len(calls) == 9 and {a.method for a in calls} == {"GET", "PATCH", "POST"}
+    assert [a.operation for a in audit if a.kind is AuditKind.DECISION] == ["plan"]
+    change = await rt.store.desired_for("acme")
+    assert change is not None and change.details["proof"]["usage_preserved"] is True
+    events, _ = await rt.store.list_events()
+    assert [e.type for e in events] == ["plan_change.applied"]
+
+
+async def test_a_cancelation_made_right_after_our_edit_is_seen_in_full(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """Someone schedules a change between our PATCH and our next step: the current
+    subscription no longer matches what the edit left, so the engine observes in full (it
+    sees the other successor) instead of acting on a partial view."""
+    await onboard(story, "free", START, used=3)
+
+    async def outsider(action: Action) -> None:
+        if action.kind == "edit_items":
+            cur, _ = await story.subs()
+            await rt.client.change_subscription(
+                cur.id, {"timing": "next_billing_cycle", "plan": {"key": "pro"}}
+            )
+
+    engine = Engine(rt.client, rt.store, rt.policy, rt.clock, after_action=outsider)
+    await story.request("starter")
+    out = await engine.reconcile("acme")
+
+    # The full observation found the outsider's successor (pro) and replaced it with ours.
+    assert out.status == "applied"
+    assert [a["action"] for a in out.applied] == [
+        "edit_items",
+        "delete_scheduled",
+        "unschedule_cancelation",
+        "schedule_change",
+    ]
+    _, succ = await story.subs()
+    assert plan_key(succ) == "starter"
+    assert await story.value() == (3, 549_997)
+
+
+async def test_follow_returns_none_when_the_current_subscription_changed(
+    story: Story, rt: Runtime
+) -> None:
+    await onboard(story, "free", START, used=3)
+    now = await story.now()
+    observed = await rt.engine.observer.observe("acme", now)
+    assert observed.current is not None and observed.successor is None
+
+    # nothing happened: one read gives the same picture
+    same = await rt.engine.observer.follow(observed, now, observed.values, None)
+    assert same is not None and same.current is not None
+    assert same.current.id == observed.current.id and same.successor is None
+
+    # a change scheduled by someone else: the expected "no successor" no longer holds
+    resp = await rt.client.change_subscription(
+        observed.current.id, {"timing": "next_billing_cycle", "plan": {"key": "starter"}}
+    )
+    assert await rt.engine.observer.follow(observed, now, observed.values, None) is None
+    # ...and it holds for the successor the change's response names
+    from reconciler.openmeter import mapping
+
+    succ = mapping.to_observed_subscription(resp.next)
+    after = await rt.engine.observer.follow(observed, now, observed.values, succ)
+    assert after is not None and after.successor is succ
+    assert after.current is not None and after.current.superseding_id == succ.id
