@@ -48,7 +48,7 @@ def measure(d: Path, em: EmulatorProc, name: str) -> dict[str, Any]:
     api.customer(key, start)
     api.advance(86400)
     api.use(key, 9, api.now() - timedelta(seconds=30))
-    svc = ServiceProc(d, em.url, f"sqlite+aiosqlite:///{d}/calls-{name}.db", clock=True)
+    svc = ServiceProc(d, em.url, f"sqlite:///{d}/calls-{name}.db", clock=True)
     try:
         for plan in before:
             assert svc.webhook(key, plan).status_code == 202

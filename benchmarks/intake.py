@@ -81,7 +81,7 @@ def run(
             )
             for db in dbs:
                 ctx = pg_database("intake") if db == "postgres" else None
-                url = ctx.__enter__() if ctx else f"sqlite+aiosqlite:///{d}/intake-{db}.db"
+                url = ctx.__enter__() if ctx else f"sqlite:///{d}/intake-{db}.db"
                 svc = ServiceProc(d, em.url, url, name=f"svc-{db}", log_level=log_level)
                 rows = []
                 try:

@@ -53,7 +53,7 @@ def run(customers: int, db: str, concurrency: int) -> dict[str, Any]:
     with workdir("latency-") as d:
         em = EmulatorProc(d)
         ctx = pg_database("latency") if db == "postgres" else None
-        url = ctx.__enter__() if ctx else f"sqlite+aiosqlite:///{d}/latency.db"
+        url = ctx.__enter__() if ctx else f"sqlite:///{d}/latency.db"
         svc: ServiceProc | None = None
         try:
             # real time on both sides (the service reads the system clock, as in production)

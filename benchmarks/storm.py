@@ -289,7 +289,7 @@ class _db:
 
     def __enter__(self) -> str:
         if self.db == "sqlite":
-            return f"sqlite+aiosqlite:///{self.sqlite_path}"
+            return f"sqlite:///{self.sqlite_path}"
         self._pg = pg_database("storm")
         return str(self._pg.__enter__())
 

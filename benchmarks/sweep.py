@@ -143,7 +143,7 @@ def run(customers: int, rounds: int, db: str, bulk_chunk: int = 25_000) -> dict[
 
 class _sqlite:
     def __init__(self, d: Any) -> None:
-        self.url = f"sqlite+aiosqlite:///{d}/sweep.db"
+        self.url = f"sqlite:///{d}/sweep.db"
 
     def __enter__(self) -> str:
         return self.url

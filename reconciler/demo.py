@@ -271,7 +271,7 @@ async def _main(console: Console, catalog: Path, policy: Path) -> bool:
     ):
         settings = Settings(
             openmeter_url=em.url,
-            database_url=f"sqlite+aiosqlite:///{tmp}/demo.db",
+            database_url=f"sqlite:///{tmp}/demo.db",
             policy_path=policy,
             clock_url=f"{em.url}/_emulator/clock",
             log_level="WARNING",

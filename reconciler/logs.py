@@ -59,7 +59,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, force: bool = F
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpcore", "uvicorn.access", "aiosqlite", "apscheduler"):
+    for noisy in ("httpx", "httpcore", "uvicorn.access", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     _configured = True
 

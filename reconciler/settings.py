@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     openmeter_read_retries: int = Field(4, ge=0, le=20)
 
     # Storage
-    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./reconciler.db")
+    database_url: SecretStr = SecretStr("sqlite:///./reconciler.db")
 
     # Policy
     policy_path: Path | None = None

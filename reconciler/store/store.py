@@ -1,7 +1,8 @@
 """The repository: every SQL statement of the product lives here.
 
-One ``Store`` per process. SQLite (aiosqlite, WAL) for a single instance, PostgreSQL (psycopg 3
-async) for replicas. See docs/STORE.md for the design (claims, leadership, outbox, migrations).
+One ``Store`` per process. SQLite (``sqlite3`` on a database thread, WAL) for a single instance,
+PostgreSQL (psycopg 3 async) for replicas. See docs/STORE.md for the design (claims, leadership,
+outbox, migrations).
 """
 
 from __future__ import annotations
@@ -15,21 +16,30 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, exc
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import URL, Connection, Row
+from sqlalchemy.engine import URL, Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -182,6 +192,38 @@ class Keep:
 
 
 KEEP = Keep()
+
+
+class _SyncConnection:
+    """What the store's operations use of an ``AsyncConnection`` (``execute``, ``run_sync``),
+    answered by a sync connection on SQLite's database thread: nothing ever suspends."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.execute(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(self._conn, *args)
+
+
+def _drive(awaitable: Awaitable[T]) -> T:
+    """Run a coroutine that never suspends (a store operation on ``_SyncConnection``)."""
+    coro = cast(Coroutine[Any, Any, T], awaitable)
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    coro.close()
+    raise RuntimeError("a store operation awaited something other than the database")
+
+
+def _select_one(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
 
 
 def _encode_cursor(kind: str, at: datetime, ident: str) -> str:
@@ -365,7 +407,7 @@ class Leadership:
     async def _try_acquire(self) -> bool:
         try:
             if self._conn is None:
-                self._conn = await self._store._engine.connect()
+                self._conn = await self._store._pg.connect()
             got = (
                 await self._conn.execute(sa.select(sa.func.pg_try_advisory_lock(self._key)))
             ).scalar_one()
@@ -410,7 +452,7 @@ class Store:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: AsyncEngine | Engine,
         url: URL,
         *,
         instance_id: str,
@@ -418,14 +460,21 @@ class Store:
         retries: int,
         lock_fd: int | None,
     ) -> None:
-        self._engine = engine
+        # PostgreSQL: an async engine (psycopg 3). SQLite: a sync engine used only from one
+        # database thread, where each transaction runs whole (``_sqlite_tx``).
+        self._async = engine if isinstance(engine, AsyncEngine) else None
+        self._sync = engine if isinstance(engine, Engine) else None
+        self._db_thread = (
+            ThreadPoolExecutor(1, thread_name_prefix="reconciler-sqlite")
+            if self._sync is not None
+            else None
+        )
         self.url = url
         self.instance_id = instance_id
         self._clock = clock
         self._retries = retries
         self._lock_fd = lock_fd
         self._sqlite = is_sqlite(url)
-        self._write_lock = asyncio.Lock()  # SQLite: one writer at a time (whole process)
         self._sqlite_claims: set[str] = set()
         self._leaderships: set[Leadership] = set()
         self._closed = False
@@ -450,15 +499,23 @@ class Store:
         lock_fd: int | None = None
         if is_sqlite(u):
             path = sqlite_path(u)
+            sync_url = u
+            engine: AsyncEngine | Engine
             if path is None:
-                engine = create_async_engine(
-                    u.set(database=":memory:"),
+                engine = create_engine(
+                    sync_url.set(database=":memory:"),
                     poolclass=StaticPool,
                     connect_args={"check_same_thread": False},
                 )
             else:
                 lock_fd = _lock_sqlite_file(path, instance)
-                engine = create_async_engine(u, pool_size=pool_size, max_overflow=max_overflow)
+                # one database thread: a connection or two is all it ever holds
+                engine = create_engine(
+                    sync_url,
+                    pool_size=2,
+                    max_overflow=0,
+                    connect_args={"check_same_thread": False},
+                )
             _configure_sqlite(engine, wal=path is not None, busy_timeout_ms=busy_timeout_ms)
         else:
             engine = create_async_engine(
@@ -479,7 +536,11 @@ class Store:
         self._closed = True
         for handle in list(self._leaderships):
             await handle._release()  # dispose() would leave checked-out connections open
-        await self._engine.dispose()
+        if self._async is not None:
+            await self._async.dispose()
+        if self._sync is not None and self._db_thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._db_thread, self._sync.dispose)
+            self._db_thread.shutdown(wait=True)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -499,11 +560,25 @@ class Store:
     async def ping(self) -> bool:
         """True when the database answers a trivial query (for readiness probes)."""
         try:
-            async with self._engine.connect() as conn:
+            if self._sync is not None:
+                await self._in_db_thread(_select_one, self._sync)
+                return True
+            async with self._pg.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
             return True
         except (exc.DBAPIError, OSError):
             return False
+
+    @property
+    def _pg(self) -> AsyncEngine:
+        assert self._async is not None, "PostgreSQL only"
+        return self._async
+
+    async def _in_db_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """SQLite: run ``fn`` on the database thread."""
+        if self._closed or self._db_thread is None:
+            raise StoreError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
 
     # -- migrations ---------------------------------------------------------------------------
 
@@ -520,13 +595,25 @@ class Store:
             cfg.attributes["connection"] = sync_conn
             command.upgrade(cfg, "head")
 
+        if self._sync is not None:
+            sync_engine = self._sync
+
+            def upgrade_sqlite() -> None:
+                with sync_engine.connect() as sync_conn:
+                    upgrade(sync_conn)
+                    sync_conn.commit()
+
+            try:
+                await self._in_db_thread(upgrade_sqlite)
+            except exc.DBAPIError as e:
+                if _is_transient(e, True):
+                    raise StoreUnavailable(
+                        f"migration failed: database unavailable: {e.orig}"
+                    ) from e
+                raise _translate(e) from e
+            return
         try:
-            async with self._engine.connect() as conn:
-                if self._sqlite:
-                    async with self._write_lock:
-                        await conn.run_sync(upgrade)
-                        await conn.commit()
-                    return
+            async with self._pg.connect() as conn:
                 key = advisory_key(_MIGRATION_LOCK)
                 await conn.execute(sa.select(sa.func.pg_advisory_lock(key)))
                 await conn.commit()
@@ -572,19 +659,14 @@ class Store:
             raise StoreError("store is closed")
         delay = 0.05
         for attempt in range(self._retries + 1):
-            committing = False
+            committing = [False]
             try:
-                async with contextlib.AsyncExitStack() as stack:
-                    if self._sqlite and write:
-                        await stack.enter_async_context(self._write_lock)
-                    conn = await stack.enter_async_context(self._engine.connect())
-                    if self._sqlite and write:
-                        conn.info["begin"] = "BEGIN IMMEDIATE"
-                        stack.callback(conn.info.pop, "begin", None)
-                    async with conn.begin():
-                        result = await fn(conn)
-                        committing = True
-                    return result
+                if self._sync is not None:
+                    return await self._in_db_thread(self._sqlite_tx, fn, write, committing)
+                async with self._pg.connect() as conn, conn.begin():
+                    result = await fn(conn)
+                    committing[0] = True
+                return result
             except exc.DBAPIError as e:
                 if not _is_transient(e, self._sqlite):
                     raise _translate(e) from e
@@ -592,7 +674,7 @@ class Store:
             except (ConnectionError, TimeoutError, exc.TimeoutError) as e:
                 # exc.TimeoutError: no pooled connection became free in time (overload)
                 err = e
-            if committing and write and not idempotent:
+            if committing[0] and write and not idempotent:
                 raise StoreUnavailable(
                     f"database fault while committing (outcome unknown): {err}", ambiguous=True
                 ) from err
@@ -601,6 +683,25 @@ class Store:
             await asyncio.sleep(delay)
             delay = min(delay * 4, 1.0)
         raise AssertionError("unreachable")
+
+    def _sqlite_tx(
+        self,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        write: bool,
+        committing: list[bool],
+    ) -> T:
+        """On the database thread: one whole transaction, without a hop back to the event loop
+        per statement. The operation is the same coroutine the PostgreSQL path awaits; here its
+        ``execute`` calls are answered synchronously (``_SyncConnection``), so it runs to the
+        end in one step. Writes begin IMMEDIATE (take SQLite's write lock up front)."""
+        assert self._sync is not None
+        with self._sync.connect() as conn:
+            if write:
+                conn.info["begin"] = "BEGIN IMMEDIATE"
+            with conn.begin():
+                result: T = _drive(fn(cast(AsyncConnection, _SyncConnection(conn))))
+                committing[0] = True
+            return result
 
     def _insert(self, table: sa.Table) -> Any:
         return (sqlite_dialect.insert if self._sqlite else pg_dialect.insert)(table)
@@ -1166,7 +1267,7 @@ class Store:
 
         await self._tx(ensure, write=True, idempotent=True)
         try:
-            conn = await self._engine.connect()
+            conn = await self._pg.connect()
         except (exc.DBAPIError, OSError) as e:
             raise StoreUnavailable(f"database unavailable: {e}") from e
         try:
@@ -1499,8 +1600,8 @@ def _lock_sqlite_file(path: str, instance_id: str) -> int:
     return fd
 
 
-def _configure_sqlite(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine, *, wal: bool, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit transactions are not atomic for
         # read-then-write), and set the pragmas every connection needs.
@@ -1513,6 +1614,6 @@ def _configure_sqlite(engine: AsyncEngine, *, wal: bool, busy_timeout_ms: int) -
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql(conn.info.get("begin", "BEGIN"))

@@ -1,13 +1,18 @@
-"""Database URL normalisation: plain URLs are rewritten to the async drivers the store uses."""
+"""Database URL normalisation: URLs are rewritten to the drivers the store uses.
+
+SQLite: the standard library's ``sqlite3`` (SQLAlchemy's ``pysqlite`` dialect), driven from the
+store's own database thread; ``sqlite://`` is still accepted, as earlier versions
+documented it. PostgreSQL: psycopg 3, async.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy.engine import URL, make_url
 
 _REWRITE = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+pysqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+pysqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "sqlite+aiosqlite": "sqlite+pysqlite",
     "postgres": "postgresql+psycopg",
     "postgresql": "postgresql+psycopg",
     "postgresql+psycopg": "postgresql+psycopg",
@@ -16,7 +21,7 @@ _REWRITE = {
 
 
 def normalize_url(url: str | URL) -> URL:
-    """``sqlite:///x.db`` → ``sqlite+aiosqlite:///x.db``; ``postgresql://`` → psycopg 3 async."""
+    """``sqlite:///x.db`` → ``sqlite+pysqlite:///x.db``; ``postgresql://`` → psycopg 3."""
     u = make_url(url) if isinstance(url, str) else url
     driver = _REWRITE.get(u.drivername)
     if driver is None:

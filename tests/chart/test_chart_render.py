@@ -142,7 +142,7 @@ def test_common_invariants(render: RenderFn, values: Path) -> None:
         assert field in fields, f"{name} is not a field of reconciler.settings.Settings"
         assert field not in secret_fields, f"{name} is a secret and must come from a file"
     if "RECONCILER_DATABASE_URL" in env:  # only the credential-free SQLite URL may be an env var
-        assert env["RECONCILER_DATABASE_URL"].startswith("sqlite+aiosqlite:///")
+        assert env["RECONCILER_DATABASE_URL"].startswith("sqlite:///")
 
     # Secret files: named the way the settings class reads them, mounted read-only.
     files = secret_files(r)
@@ -162,7 +162,7 @@ def test_env_values_and_policy_defaults(render: RenderFn) -> None:
     env = r.env()
     assert env == {
         "RECONCILER_OPENMETER_URL": "http://openmeter.example.internal:8888",
-        "RECONCILER_DATABASE_URL": "sqlite+aiosqlite:////data/reconciler.db",
+        "RECONCILER_DATABASE_URL": "sqlite:////data/reconciler.db",
         "RECONCILER_POLICY_PATH": "/etc/reconciler/policy.yaml",
         "RECONCILER_LOG_LEVEL": "INFO",
         "RECONCILER_LOG_FORMAT": "json",

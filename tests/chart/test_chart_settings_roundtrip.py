@@ -96,7 +96,7 @@ def test_inline_secrets_and_sqlite(
     s = load(r, tmp_path, monkeypatch)
     assert s.openmeter_url == "http://openmeter-api.billing.svc:80"
     assert s.openmeter_token is None
-    assert s.database_url.get_secret_value() == "sqlite+aiosqlite:////data/reconciler.db"
+    assert s.database_url.get_secret_value() == "sqlite:////data/reconciler.db"
     assert s.webhook_secret_list() == [
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",

@@ -31,7 +31,7 @@ def emulator() -> Iterator[EmulatorServer]:
 def make_settings(em: EmulatorServer, db: Path, **extra: object) -> Settings:
     values: dict[str, object] = {
         "openmeter_url": em.url,
-        "database_url": f"sqlite+aiosqlite:///{db}",
+        "database_url": f"sqlite:///{db}",
         "policy_path": POLICY,
         "clock_url": f"{em.url}/_emulator/clock",
         "openmeter_read_retries": 1,

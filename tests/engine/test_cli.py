@@ -20,7 +20,7 @@ from .conftest import DEMO, POLICY, START
 def cli_env(emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     db = tmp_path / "cli.db"
     monkeypatch.setenv("RECONCILER_OPENMETER_URL", emulator.url)
-    monkeypatch.setenv("RECONCILER_DATABASE_URL", f"sqlite+aiosqlite:///{db}")
+    monkeypatch.setenv("RECONCILER_DATABASE_URL", f"sqlite:///{db}")
     monkeypatch.setenv("RECONCILER_POLICY_PATH", str(POLICY))
     monkeypatch.setenv("RECONCILER_CLOCK_URL", f"{emulator.url}/_emulator/clock")
     monkeypatch.setenv("RECONCILER_LOG_LEVEL", "WARNING")

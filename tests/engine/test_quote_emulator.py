@@ -193,7 +193,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     async with EmulatorServer(catalog=CATALOG) as emu:
         emu.clock.set(T0)
         clock = HttpClock(f"{emu.url}/_emulator/clock")
-        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", instance_id="t")
+        store = await Store.open(f"sqlite:///{tmp_path / 'r.db'}", instance_id="t")
         await store.migrate()
         async with (
             OpenMeterClient(emu.url) as client,

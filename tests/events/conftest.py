@@ -19,7 +19,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"
+    return f"sqlite:///{tmp_path / 'events.db'}"
 
 
 @pytest.fixture

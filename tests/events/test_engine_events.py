@@ -26,7 +26,7 @@ async def test_upgrade_and_downgrade_events_reach_the_portal(
     async with EmulatorServer(catalog=ROOT / "config" / "catalog.demo.yaml") as emu:
         settings = Settings(
             openmeter_url=emu.url,
-            database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+            database_url=f"sqlite:///{tmp_path / 'r.db'}",
             policy_path=ROOT / "config" / "policy.example.yaml",
             clock_url=f"{emu.url}/_emulator/clock",
         )

@@ -29,9 +29,7 @@ def _onboard(em: EmulatorProc, key: str = CUSTOMER, plan: str = "free") -> None:
 
 
 def _service(tmp_path: Path, em: EmulatorProc, **extra: Any) -> ServiceProc:
-    return ServiceProc(
-        tmp_path, em.url, f"sqlite+aiosqlite:///{tmp_path}/r.db", clock=True, **extra
-    )
+    return ServiceProc(tmp_path, em.url, f"sqlite:///{tmp_path}/r.db", clock=True, **extra)
 
 
 def _fired(em: EmulatorProc) -> list[int | None]:

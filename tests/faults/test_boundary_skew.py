@@ -26,7 +26,7 @@ def test_boundary_between_clock_read_and_observation(
     api.customer("skew", "free")
     api.advance(86400)
     api.use("skew", 3, api.now() - timedelta(seconds=30))
-    svc = ServiceProc(tmp_path, emulator.url, f"sqlite+aiosqlite:///{tmp_path}/r.db", clock=True)
+    svc = ServiceProc(tmp_path, emulator.url, f"sqlite:///{tmp_path}/r.db", clock=True)
     try:
         assert svc.webhook("skew", "starter").status_code == 202
         wait_status(svc, "skew", "applied")

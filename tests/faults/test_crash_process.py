@@ -63,9 +63,7 @@ def _onboard(em: EmulatorProc, plan: str) -> None:
 
 
 def _start(tmp_path: Path, em: EmulatorProc, name: str) -> ServiceProc:
-    return ServiceProc(
-        tmp_path, em.url, f"sqlite+aiosqlite:///{tmp_path}/r.db", name=name, clock=True
-    )
+    return ServiceProc(tmp_path, em.url, f"sqlite:///{tmp_path}/r.db", name=name, clock=True)
 
 
 def _after_boundary(em: EmulatorProc, svc: ServiceProc, sc: Scenario) -> None:

@@ -64,7 +64,7 @@ def test_sqlite_write_locked_by_another_process(emulator: EmulatorProc, tmp_path
     _onboard(emulator, keys)
     api.clear_requests()
     db = tmp_path / "locked.db"
-    svc = ServiceProc(tmp_path, emulator.url, f"sqlite+aiosqlite:///{db}", clock=True)
+    svc = ServiceProc(tmp_path, emulator.url, f"sqlite:///{db}", clock=True)
     try:
         wait_until(svc.ready, 20, what="ready")
         locker = subprocess.Popen(

@@ -51,7 +51,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServicePr
     em = EmulatorProc(d)
     em.api.customer("acme", "free")
     db = d / "fuzz.db"
-    svc = ServiceProc(d, em.url, f"sqlite+aiosqlite:///{db}", clock=True, log_level="WARNING")
+    svc = ServiceProc(d, em.url, f"sqlite:///{db}", clock=True, log_level="WARNING")
     try:
         yield svc, db
     finally:

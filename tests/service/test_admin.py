@@ -21,7 +21,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def svc(emu: Emu, db: Path) -> Iterator[ServiceServer]:
-    with ServiceServer(make_settings(emu.url, f"sqlite+aiosqlite:///{db}")) as s:
+    with ServiceServer(make_settings(emu.url, f"sqlite:///{db}")) as s:
         yield s
 
 
@@ -51,7 +51,7 @@ def test_admin_auth(svc: ServiceServer, method: str, path: str, body: Any) -> No
 
 
 def test_admin_disabled_without_token(emu: Emu, tmp_path: Path) -> None:
-    s = make_settings(emu.url, f"sqlite+aiosqlite:///{tmp_path}/x.db", admin_token=None)
+    s = make_settings(emu.url, f"sqlite:///{tmp_path}/x.db", admin_token=None)
     with ServiceServer(s) as svc:
         for method, path, body in ADMIN_ROUTES:
             r = svc.admin(method, path, json=body)

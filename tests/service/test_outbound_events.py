@@ -17,7 +17,7 @@ def test_service_delivers_signed_events_for_an_upgrade(emu: Emu, tmp_path: Path)
     with running_receiver() as portal:
         settings = make_settings(
             emu.url,
-            f"sqlite+aiosqlite:///{tmp_path / 'ev.db'}",
+            f"sqlite:///{tmp_path / 'ev.db'}",
             events_url=portal.url,
             events_secret=PORTAL_SECRET,
         )

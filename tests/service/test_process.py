@@ -71,7 +71,7 @@ def service_env(emu: Emu, db: Path, **extra: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")} | {
         "RECONCILER_SECRETS_DIR": str(db.parent / "no-secrets"),
         "RECONCILER_OPENMETER_URL": emu.url,
-        "RECONCILER_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+        "RECONCILER_DATABASE_URL": f"sqlite:///{db}",
         "RECONCILER_POLICY_PATH": str(POLICY),
         "RECONCILER_CLOCK_URL": f"{emu.url}/_emulator/clock",
         "RECONCILER_HTTP_HOST": "127.0.0.1",

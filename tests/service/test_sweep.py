@@ -40,7 +40,7 @@ def test_sweep_heals_drift_converges_and_full_sweep_adopts(emu: Emu, tmp_path: P
     emu.customer("bystander")  # no desired state: left alone
     emu.advance(86400)
     emu.use("drift", 10)
-    s = make_settings(emu.url, f"sqlite+aiosqlite:///{tmp_path}/a.db")
+    s = make_settings(emu.url, f"sqlite:///{tmp_path}/a.db")
     with ServiceServer(s, sweep_at_start=False) as svc:
         assert svc.webhook(plan_change("drift", "starter")).status_code == 202
         wait_for(lambda: status_of(svc, "drift") == "applied")
@@ -91,7 +91,7 @@ def test_sweep_heals_drift_converges_and_full_sweep_adopts(emu: Emu, tmp_path: P
         )
 
     # 4. the database is lost: the nightly full sweep adopts the customer from OpenMeter's tags
-    s2 = make_settings(emu.url, f"sqlite+aiosqlite:///{tmp_path}/b.db")
+    s2 = make_settings(emu.url, f"sqlite:///{tmp_path}/b.db")
     with ServiceServer(s2, sweep_at_start=False) as svc:
         assert sweep(svc) == {"no_desired_state": 2}
         counts = sweep(svc, full=True)
@@ -108,7 +108,7 @@ def test_sweep_heals_drift_converges_and_full_sweep_adopts(emu: Emu, tmp_path: P
 
 def test_heal_leaves_no_cancelation(emu: Emu, tmp_path: Path) -> None:
     emu.customer("heal")
-    s = make_settings(emu.url, f"sqlite+aiosqlite:///{tmp_path}/h.db")
+    s = make_settings(emu.url, f"sqlite:///{tmp_path}/h.db")
     with ServiceServer(s, sweep_at_start=False) as svc:
         assert svc.webhook(plan_change("heal", "starter")).status_code == 202
         wait_for(lambda: status_of(svc, "heal") == "applied")

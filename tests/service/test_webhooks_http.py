@@ -44,7 +44,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def svc(emu: Emu, db: Path) -> Iterator[ServiceServer]:
-    with ServiceServer(make_settings(emu.url, f"sqlite+aiosqlite:///{db}")) as s:
+    with ServiceServer(make_settings(emu.url, f"sqlite:///{db}")) as s:
         yield s
 
 
@@ -224,7 +224,7 @@ def test_error_cases(svc: ServiceServer, db: Path) -> None:
 
 
 def test_webhooks_disabled_without_secrets(emu: Emu, tmp_path: Path) -> None:
-    s = make_settings(emu.url, f"sqlite+aiosqlite:///{tmp_path}/x.db", webhook_secrets=None)
+    s = make_settings(emu.url, f"sqlite:///{tmp_path}/x.db", webhook_secrets=None)
     with ServiceServer(s) as svc:
         r = svc.webhook(plan_change("acme", "pro"))
         assert _problem(r) == (404, "webhooks are disabled: RECONCILER_WEBHOOK_SECRETS is not set")
@@ -239,9 +239,7 @@ def fuzz_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service
     db = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
     with (
         EmulatorServer() as em,
-        ServiceServer(
-            make_settings(em.url, f"sqlite+aiosqlite:///{db}", due_poll_seconds=30)
-        ) as svc,
+        ServiceServer(make_settings(em.url, f"sqlite:///{db}", due_poll_seconds=30)) as svc,
     ):
         yield svc, db
 

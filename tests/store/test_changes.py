@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -26,8 +27,10 @@ H = timedelta(hours=1)
 
 
 async def _count(store: Store, table: sa.Table) -> int:
-    async with store._engine.connect() as conn:
+    async def op(conn: Any) -> int:
         return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+    return await store._tx(op, write=False)
 
 
 async def test_submit_creates_desired_and_schedules(store: Store) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,10 +19,11 @@ from .conftest import T0, Clock
 
 
 def test_url_normalisation() -> None:
-    assert str(normalize_url("sqlite:///x.db")) == "sqlite+aiosqlite:///x.db"
+    assert str(normalize_url("sqlite:///x.db")) == "sqlite+pysqlite:///x.db"
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
-    assert normalize_url("sqlite+aiosqlite:///x.db").drivername == "sqlite+aiosqlite"
+    # the form earlier versions documented keeps working
+    assert normalize_url("sqlite+aiosqlite:///x.db").drivername == "sqlite+pysqlite"
     with pytest.raises(ValueError, match="unsupported"):
         normalize_url("mysql://u@h/db")
 
@@ -36,9 +38,13 @@ async def test_migrate_is_idempotent_and_is_migrated(db_url: str, clock: Clock) 
         assert await s.is_migrated() is True
         await s.migrate()  # second run: nothing to do, no error, still at head
         assert await s.is_migrated() is True
-        async with s._engine.connect() as conn:
+
+        async def read(conn: Any) -> tuple[set[str], list[Any]]:
             names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
+            return names, version
+
+        names, version = await s._tx(read, write=False)
         assert {"change_requests", "customers", "audit_log", "outbox_events"} <= names
         assert [tuple(r) for r in version] == [("0002",)]
         assert await s.ping() is True
@@ -90,10 +96,14 @@ async def test_sqlite_wal_and_foreign_keys(tmp_path: Path, clock: Clock) -> None
     s = await Store.open(f"sqlite:///{db}", instance_id="w", clock=clock)
     try:
         await s.migrate()
-        async with s._engine.connect() as conn:
+
+        async def pragmas(conn: Any) -> tuple[Any, Any, Any]:
             mode = (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar()
             fks = (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar()
             busy = (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar()
+            return mode, fks, busy
+
+        mode, fks, busy = await s._tx(pragmas, write=False)
         assert (mode, fks) == ("wal", 1)
         assert busy == 5000
     finally:

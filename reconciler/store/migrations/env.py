@@ -1,8 +1,9 @@
 """Alembic environment for the reconciler store.
 
-``Store.migrate()`` passes its own (sync-facing) connection in ``config.attributes["connection"]``
-via ``AsyncConnection.run_sync``, so migrations run on the async engine. Run by hand, the URL
-comes from ``sqlalchemy.url`` or ``RECONCILER_DATABASE_URL`` and an async engine is created here.
+``Store.migrate()`` passes its own connection in ``config.attributes["connection"]`` (SQLite: a
+sync connection on the store's database thread; PostgreSQL: ``AsyncConnection.run_sync``). Run
+by hand, the URL comes from ``sqlalchemy.url`` or ``RECONCILER_DATABASE_URL`` and an engine of
+the same kind is created here.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import asyncio
 import os
 
 from alembic import context
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from reconciler.store.schema import metadata
-from reconciler.store.urls import normalize_url
+from reconciler.store.urls import is_sqlite, normalize_url
 
 config = context.config
 
@@ -32,7 +34,17 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_standalone(url: str) -> None:
-    engine = create_async_engine(normalize_url(url))
+    u = normalize_url(url)
+    if is_sqlite(u):
+        sync_engine = create_engine(u)
+        try:
+            with sync_engine.connect() as sync_conn:
+                _run(sync_conn)
+                sync_conn.commit()
+        finally:
+            sync_engine.dispose()
+        return
+    engine = create_async_engine(u)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)
