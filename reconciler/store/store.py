@@ -226,6 +226,60 @@ def _select_one(engine: Engine) -> None:
         conn.execute(sa.text("SELECT 1"))
 
 
+# Statements of the hot paths (a webhook's submit, a reconcile's claim), built once: SQLAlchemy
+# then only looks their compiled form up instead of building and hashing them per call.
+_Q_BY_SOURCE = sa.select(change_requests).where(
+    change_requests.c.source == sa.bindparam("b_source"),
+    change_requests.c.source_id == sa.bindparam("b_source_id"),
+)
+_Q_CHANGE_BY_ID = sa.select(change_requests).where(change_requests.c.id == sa.bindparam("b_id"))
+_Q_CUSTOMER = sa.select(customers).where(customers.c.customer == sa.bindparam("b_customer"))
+#: SQLite: the customer and its desired request's time in one read (the transaction began
+#: IMMEDIATE, nothing else commits meanwhile).
+_Q_SUBMIT_CUSTOMER = (
+    sa.select(
+        customers.c.customer_id,
+        change_requests.c.requested_at.label("desired_requested_at"),
+    )
+    .select_from(
+        customers.outerjoin(change_requests, change_requests.c.id == customers.c.desired_change_id)
+    )
+    .where(customers.c.customer == sa.bindparam("b_customer"))
+)
+#: PostgreSQL: lock the customer's row first (a customer's submits are serialised on it), then
+#: read the desired request in a fresh statement, which sees what the lock waited for.
+_Q_LOCK_CUSTOMER = (
+    sa.select(customers.c.customer_id, customers.c.desired_change_id)
+    .where(customers.c.customer == sa.bindparam("b_customer"))
+    .with_for_update()
+)
+_Q_REQUESTED_AT = sa.select(change_requests.c.requested_at).where(
+    change_requests.c.id == sa.bindparam("b_id")
+)
+_Q_INSERT_CHANGE = change_requests.insert()
+_Q_SUPERSEDE_OPEN = (
+    change_requests.update()
+    .where(
+        change_requests.c.customer == sa.bindparam("b_customer"),
+        change_requests.c.status.in_([s.value for s in OPEN_STATUSES]),
+        change_requests.c.id != sa.bindparam("b_id"),
+    )
+    .values(status=ChangeStatus.SUPERSEDED.value, updated_at=sa.bindparam("b_updated_at"))
+    .returning(change_requests.c.id)
+)
+_Q_MAKE_DESIRED = (
+    customers.update()
+    .where(customers.c.customer == sa.bindparam("b_customer"))
+    .values(
+        desired_change_id=sa.bindparam("b_desired_change_id"),
+        next_check_at=sa.bindparam("b_next_check_at"),
+        customer_id=sa.bindparam("b_customer_id"),
+        version=customers.c.version + 1,
+        updated_at=sa.bindparam("b_updated_at"),
+    )
+)
+
+
 def _encode_cursor(kind: str, at: datetime, ident: str) -> str:
     raw = json.dumps([kind, at.astimezone(UTC).isoformat(), ident], separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
@@ -749,76 +803,86 @@ class Store:
                 existing = await self._by_source(conn, src, source_id)
                 if existing is not None:
                     return SubmitResult(existing, created=False)
-            await self._ensure_customer(conn, customer, now)
-            cust_q = sa.select(customers).where(customers.c.customer == customer)
-            if not self._sqlite:
-                # Serialise submits for one customer (row lock, held to commit).
-                cust_q = cust_q.with_for_update()
-            cust = (await conn.execute(cust_q)).one()
-            if source_id is not None:  # a concurrent twin may have committed while we waited
+            cust = await self._submit_customer(conn, customer)
+            if cust is None:
+                await self._ensure_customer(conn, customer, now)
+                cust = await self._submit_customer(conn, customer)
+                assert cust is not None
+            if source_id is not None and not self._sqlite:
+                # A concurrent twin may have committed while we waited for the row lock (on
+                # SQLite the transaction began IMMEDIATE: nothing commits meanwhile).
                 existing = await self._by_source(conn, src, source_id)
                 if existing is not None:
                     return SubmitResult(existing, created=False)
-            current: ChangeRecord | None = None
-            if cust.desired_change_id is not None:
-                current = await self._get_change(conn, cust.desired_change_id)
-            stale = current is not None and requested < current.requested_at
+            cust_id, desired_at = cust
+            stale = desired_at is not None and requested < desired_at
             change_id = new_ulid()
+            record = ChangeRecord(
+                id=change_id,
+                customer=customer,
+                customer_id=customer_id or cust_id,
+                plan_key=plan_key,
+                plan_version=plan_version,
+                requested_at=requested,
+                received_at=now,
+                source=src,
+                source_id=source_id,
+                status=ChangeStatus.SUPERSEDED if stale else ChangeStatus.PENDING,
+                direction=None,
+                timing=None,
+                rule=None,
+                effective_at=None,
+                converges_at=None,
+                last_error=None,
+                attempts=0,
+                next_attempt_at=None,
+                updated_at=now,
+                details=dict(details or {}),
+            )
             await conn.execute(
-                change_requests.insert().values(
-                    id=change_id,
-                    customer=customer,
-                    customer_id=customer_id or cust.customer_id,
-                    plan_key=plan_key,
-                    plan_version=plan_version,
-                    requested_at=requested,
-                    received_at=now,
-                    source=src.value,
-                    source_id=source_id,
-                    status=(ChangeStatus.SUPERSEDED if stale else ChangeStatus.PENDING).value,
-                    attempts=0,
-                    updated_at=now,
-                    details=dict(details or {}),
-                )
+                _Q_INSERT_CHANGE,
+                {
+                    "id": change_id,
+                    "customer": customer,
+                    "customer_id": record.customer_id,
+                    "plan_key": plan_key,
+                    "plan_version": plan_version,
+                    "requested_at": requested,
+                    "received_at": now,
+                    "source": src.value,
+                    "source_id": source_id,
+                    "status": record.status.value,
+                    "attempts": 0,
+                    "updated_at": now,
+                    "details": dict(record.details),
+                },
             )
             superseded: tuple[str, ...] = ()
             if not stale:
                 ids = (
                     await conn.execute(
-                        sa.select(change_requests.c.id).where(
-                            change_requests.c.customer == customer,
-                            change_requests.c.status.in_([s.value for s in OPEN_STATUSES]),
-                            change_requests.c.id != change_id,
-                        )
+                        _Q_SUPERSEDE_OPEN,
+                        {"b_customer": customer, "b_id": change_id, "b_updated_at": now},
                     )
                 ).scalars()
                 superseded = tuple(sorted(ids))
-                if superseded:
-                    await conn.execute(
-                        change_requests.update()
-                        .where(change_requests.c.id.in_(superseded))
-                        .values(status=ChangeStatus.SUPERSEDED.value, updated_at=now)
-                    )
                 await conn.execute(
-                    customers.update()
-                    .where(customers.c.customer == customer)
-                    .values(
-                        desired_change_id=change_id,
-                        next_check_at=now,
-                        customer_id=customer_id or cust.customer_id,
-                        version=customers.c.version + 1,
-                        updated_at=now,
-                    )
+                    _Q_MAKE_DESIRED,
+                    {
+                        "b_customer": customer,
+                        "b_desired_change_id": change_id,
+                        "b_next_check_at": now,
+                        "b_customer_id": record.customer_id,
+                        "b_updated_at": now,
+                    },
                 )
-            elif customer_id and not cust.customer_id:
+            elif customer_id and not cust_id:
                 await conn.execute(
                     customers.update()
                     .where(customers.c.customer == customer)
                     .values(customer_id=customer_id, updated_at=now)
                 )
             await self._write_events(conn, events, customer, change_id, now)
-            record = await self._get_change(conn, change_id)
-            assert record is not None
             return SubmitResult(record, created=True, superseded_ids=superseded)
 
         claim = self._held_claim(customer)
@@ -834,23 +898,33 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
+    async def _submit_customer(
+        self, conn: AsyncConnection, customer: str
+    ) -> tuple[str | None, datetime | None] | None:
+        """(customer_id, desired request's requested_at) of an existing customer row."""
+        if self._sqlite:
+            row = (await conn.execute(_Q_SUBMIT_CUSTOMER, {"b_customer": customer})).first()
+            return None if row is None else (row.customer_id, row.desired_requested_at)
+        locked = (await conn.execute(_Q_LOCK_CUSTOMER, {"b_customer": customer})).first()
+        if locked is None:
+            return None
+        desired_at = None
+        if locked.desired_change_id is not None:
+            desired_at = (
+                await conn.execute(_Q_REQUESTED_AT, {"b_id": locked.desired_change_id})
+            ).scalar_one_or_none()
+        return locked.customer_id, desired_at
+
     async def _by_source(
         self, conn: AsyncConnection, source: ChangeSource, source_id: str
     ) -> ChangeRecord | None:
         row = (
-            await conn.execute(
-                sa.select(change_requests).where(
-                    change_requests.c.source == source.value,
-                    change_requests.c.source_id == source_id,
-                )
-            )
+            await conn.execute(_Q_BY_SOURCE, {"b_source": source.value, "b_source_id": source_id})
         ).first()
         return _change(row) if row is not None else None
 
     async def _get_change(self, conn: AsyncConnection, change_id: str) -> ChangeRecord | None:
-        row = (
-            await conn.execute(sa.select(change_requests).where(change_requests.c.id == change_id))
-        ).first()
+        row = (await conn.execute(_Q_CHANGE_BY_ID, {"b_id": change_id})).first()
         return _change(row) if row is not None else None
 
     async def get_change(self, change_id: str) -> ChangeRecord | None:
@@ -900,9 +974,7 @@ class Store:
     async def _claim_rows(
         self, conn: AsyncConnection, customer: str
     ) -> tuple[Row[Any] | None, ChangeRecord | None]:
-        row = (
-            await conn.execute(sa.select(customers).where(customers.c.customer == customer))
-        ).first()
+        row = (await conn.execute(_Q_CUSTOMER, {"b_customer": customer})).first()
         if row is None or row.desired_change_id is None:
             return row, None
         return row, await self._get_change(conn, row.desired_change_id)
