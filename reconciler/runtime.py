@@ -15,6 +15,7 @@ from reconciler.domain.policy import Policy, PolicyError
 from reconciler.engine import Engine, Hooks, HttpClock, Queries, SystemClock
 from reconciler.engine.audit import AuditWriter, fan_out
 from reconciler.engine.clock import Clock
+from reconciler.engine.pacing import Pacer
 from reconciler.logs import get_logger
 from reconciler.openmeter.client import Observer as CallObserver
 from reconciler.openmeter.client import OpenMeterClient
@@ -85,7 +86,10 @@ async def open_runtime(
             if validate_policy and settings.policy_path is not None:
                 for warning in await check_policy(policy, client):
                     log.warning("policy_warning", warning=warning)
-            engine = Engine(client, store, policy, clock, hooks=hooks, call_audit=audit)
+            pacer = Pacer(settings.intake_priority_ms / 1000)
+            engine = Engine(
+                client, store, policy, clock, hooks=hooks, call_audit=audit, pacer=pacer
+            )
             yield Runtime(settings, client, store, policy, clock, engine, Queries(engine))
         finally:
             await client.aclose()

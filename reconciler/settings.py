@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     due_poll_seconds: float = Field(2.0, gt=0)
     full_sweep_hour_utc: int = Field(3, ge=0, le=23)
     concurrency: int = Field(8, ge=1, le=256)
+    # While a webhook is being taken in, reconciles wait at their next OpenMeter call or store
+    # write for at most this long (reconciler/engine/pacing.py); 0 turns the priority off.
+    intake_priority_ms: int = Field(250, ge=0, le=10_000)
     drain_seconds: float = Field(20.0, ge=0)
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 

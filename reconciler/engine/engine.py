@@ -45,6 +45,7 @@ from reconciler.engine.audit import AuditWriter
 from reconciler.engine.catalog import Catalog, UnknownPlan
 from reconciler.engine.clock import Clock
 from reconciler.engine.observe import Observer
+from reconciler.engine.pacing import Pacer
 from reconciler.engine.preview import preview_document, subscription_view, values_view
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter import mapping
@@ -166,13 +167,15 @@ class Engine:
         max_steps: int = 8,
         after_action: Callable[[Action], Awaitable[None]] | None = None,
         call_audit: AuditWriter | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.policy = policy
         self.clock = clock
         self.catalog = Catalog(client)
-        self.observer = Observer(client)
+        self.pacer = pacer or Pacer(0)
+        self.observer = Observer(client, self.pacer)
         self.hooks = hooks or Hooks()
         self.max_steps = max_steps
         self._after_action = after_action  # test seam: crash injection right after a mutation
@@ -186,6 +189,7 @@ class Engine:
         The customer is claimed first (a row lock on PostgreSQL, so two replicas never work on
         one customer at once); a customer claimed elsewhere returns the state ``busy``.
         """
+        await self.pacer.yield_point()
         async with self.store.claim(customer) as claim, AsyncExitStack() as aliases:
             if claim is None:
                 return Outcome(customer, None, None, "busy")
@@ -230,6 +234,7 @@ class Engine:
     ) -> ChangeRecord | None:
         """Write what the pass staged, the audit rows of its calls and ``events`` in one store
         transaction (see ``Store.commit``)."""
+        await self.pacer.yield_point()
         state = self._passes[customer]
         audit = [*(self.call_audit.take(customer) if self.call_audit else ()), *state.notes]
         fields, reschedule = state.fields, state.reschedule
@@ -457,6 +462,7 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------
     async def _execute(self, action: Action) -> Any:
+        await self.pacer.yield_point()
         call = action.request()
         body = dict(call.body or {})
         c = self.client

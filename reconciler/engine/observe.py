@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription
+from reconciler.engine.pacing import Pacer
 from reconciler.openmeter import mapping
 from reconciler.openmeter.client import OpenMeterClient
 from reconciler.openmeter.models import Subscription
@@ -59,8 +60,9 @@ def pick(subs: Iterable[S]) -> tuple[S | None, S | None]:
 
 
 class Observer:
-    def __init__(self, client: OpenMeterClient) -> None:
+    def __init__(self, client: OpenMeterClient, pacer: Pacer | None = None) -> None:
         self.client = client
+        self.pacer = pacer or Pacer(0)
 
     async def observe(
         self,
@@ -73,12 +75,16 @@ class Observer:
     ) -> Observed:
         """``identity`` (id, key) skips the customer lookup; ``known_values`` are used instead
         of reading the entitlement values again (the caller read them moments ago)."""
+        pace = self.pacer.yield_point
         if identity is None:
+            await pace()
             cust = await self.client.get_customer(customer)
             identity = (cust.id, cust.key)
         cid, ckey = identity
+        await pace()
         subs = await self.client.list_customer_subscriptions(cid)
         current, successor = pick(subs)
+        await pace()
         cur_x, succ_x = await asyncio.gather(self._expanded(current), self._expanded(successor))
         vals: dict[str, EntitlementValue] = {}
         if known_values is not None:
@@ -113,6 +119,7 @@ class Observer:
         cur = prev.current
         if cur is None:
             return None
+        await self.pacer.yield_point()
         fresh = mapping.to_observed_subscription(await self.client.get_subscription(cur.id))
         if fresh.status.value not in LIVE:
             return None
@@ -143,6 +150,7 @@ class Observer:
         self, customer_id: str, features: Iterable[str]
     ) -> dict[str, EntitlementValue]:
         keys = sorted(set(features))
+        await self.pacer.yield_point()
         got = await asyncio.gather(
             *(self.client.get_entitlement_value(customer_id, k) for k in keys)
         )

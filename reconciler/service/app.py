@@ -434,6 +434,15 @@ async def _store_change(
 
 
 async def portal_webhook(svc: Service, request: Request) -> Response:
+    """Webhook intake runs in the foreground: reconciles make way while it is in flight
+    (``reconciler.engine.pacing``)."""
+    if svc.runtime is None:
+        return await _portal_webhook(svc, request)
+    with svc.runtime.engine.pacer.foreground():
+        return await _portal_webhook(svc, request)
+
+
+async def _portal_webhook(svc: Service, request: Request) -> Response:
     m = svc.metrics.webhooks
     if not svc.keys:
         m.labels("disabled").inc()

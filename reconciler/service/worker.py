@@ -31,6 +31,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from reconciler.engine.observe import pick
+from reconciler.engine.pacing import background
 from reconciler.events import EventDeliverer
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter.models import CustomerListing, SubscriptionListing
@@ -346,7 +347,8 @@ class Worker:
             if self._stopping:
                 return None
             try:
-                outcome = await self.rt.engine.reconcile(customer)
+                with background():
+                    outcome = await self.rt.engine.reconcile(customer)
             except asyncio.CancelledError:
                 with bound(customer=customer):
                     log.warning("reconcile_cancelled", trigger=trigger)

@@ -256,6 +256,14 @@ _Q_LOCK_CUSTOMER = (
 _Q_REQUESTED_AT = sa.select(change_requests.c.requested_at).where(
     change_requests.c.id == sa.bindparam("b_id")
 )
+#: by ``Store._sqlite``: create the customer's row unless it exists (the two dialects spell
+#: ``ON CONFLICT DO NOTHING`` with their own constructs).
+_Q_ENSURE_CUSTOMER = {
+    sqlite: dialect.insert(customers)
+    .values(customer=sa.bindparam("b_customer"), updated_at=sa.bindparam("b_updated_at"), version=0)
+    .on_conflict_do_nothing(index_elements=["customer"])
+    for sqlite, dialect in ((True, sqlite_dialect), (False, pg_dialect))
+}
 _Q_INSERT_CHANGE = change_requests.insert()
 _Q_SUPERSEDE_OPEN = (
     change_requests.update()
@@ -523,6 +531,7 @@ class Store:
             if self._sync is not None
             else None
         )
+        self._thread_conn: Connection | None = None  # used on the database thread only
         self.url = url
         self.instance_id = instance_id
         self._clock = clock
@@ -593,7 +602,9 @@ class Store:
         if self._async is not None:
             await self._async.dispose()
         if self._sync is not None and self._db_thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._db_thread, self._sync.dispose)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._db_thread, self._close_thread_conn)
+            await loop.run_in_executor(self._db_thread, self._sync.dispose)
             self._db_thread.shutdown(wait=True)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
@@ -749,13 +760,27 @@ class Store:
         ``execute`` calls are answered synchronously (``_SyncConnection``), so it runs to the
         end in one step. Writes begin IMMEDIATE (take SQLite's write lock up front)."""
         assert self._sync is not None
-        with self._sync.connect() as conn:
-            if write:
-                conn.info["begin"] = "BEGIN IMMEDIATE"
+        conn = self._thread_conn
+        if conn is None or conn.invalidated or conn.closed:
+            # One connection for the thread's life (no pool checkout per transaction); a fresh
+            # one after a fault invalidated it.
+            conn = self._thread_conn = self._sync.connect()
+        conn.info["begin"] = "BEGIN IMMEDIATE" if write else "BEGIN"
+        try:
             with conn.begin():
                 result: T = _drive(fn(cast(AsyncConnection, _SyncConnection(conn))))
                 committing[0] = True
-            return result
+        except BaseException:
+            if conn.in_transaction():  # a failed commit or rollback: start over next time
+                conn.invalidate()
+            raise
+        return result
+
+    def _close_thread_conn(self) -> None:
+        if self._thread_conn is not None:
+            with contextlib.suppress(Exception):
+                self._thread_conn.close()
+            self._thread_conn = None
 
     def _insert(self, table: sa.Table) -> Any:
         return (sqlite_dialect.insert if self._sqlite else pg_dialect.insert)(table)
@@ -765,9 +790,7 @@ class Store:
 
     async def _ensure_customer(self, conn: AsyncConnection, customer: str, now: datetime) -> None:
         await conn.execute(
-            self._insert(customers)
-            .values(customer=customer, updated_at=now, version=0)
-            .on_conflict_do_nothing(index_elements=["customer"])
+            _Q_ENSURE_CUSTOMER[self._sqlite], {"b_customer": customer, "b_updated_at": now}
         )
 
     # -- change requests ----------------------------------------------------------------------

@@ -170,6 +170,7 @@ def test_env_values_and_policy_defaults(render: RenderFn) -> None:
         "RECONCILER_WEBHOOK_TOLERANCE_SECONDS": "300",
         "RECONCILER_SWEEP_INTERVAL_SECONDS": "300",
         "RECONCILER_CONCURRENCY": "8",
+        "RECONCILER_INTAKE_PRIORITY_MS": "250",
         "RECONCILER_DRAIN_SECONDS": "20",
         "RECONCILER_INSTANCE_ID": {
             "name": "RECONCILER_INSTANCE_ID",

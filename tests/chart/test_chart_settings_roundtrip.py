@@ -110,6 +110,7 @@ def test_inline_secrets_and_sqlite(
     assert s.webhook_tolerance_seconds == 300
     assert s.sweep_interval_seconds == 300.0
     assert s.concurrency == 8
+    assert s.intake_priority_ms == 250
     assert s.drain_seconds == 20.0
     assert s.instance_id == POD_NAME
     # The data volume holds the database file.
@@ -156,6 +157,7 @@ def test_every_settable_value_changes_the_settings(
             "config.httpPort=9090",
             "config.webhookToleranceSeconds=60",
             "config.concurrency=3",
+            "config.intakePriorityMs=0",
         ],
         set_json=[
             "config.sweepIntervalSeconds=42.5",
@@ -167,6 +169,7 @@ def test_every_settable_value_changes_the_settings(
     s = load(r, tmp_path, monkeypatch)
     assert (s.log_level, s.log_format, s.http_port) == ("WARNING", "console", 9090)
     assert (s.webhook_tolerance_seconds, s.concurrency) == (60, 3)
+    assert s.intake_priority_ms == 0
     assert (s.sweep_interval_seconds, s.drain_seconds) == (42.5, 5.0)
     assert s.openmeter_read_timeout == 9.5
     policy = yaml.safe_load(r.one("ConfigMap")["data"]["policy.yaml"])
