@@ -10,6 +10,7 @@ observation shows whether it was applied.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -181,6 +182,8 @@ class Engine:
         self._after_action = after_action  # test seam: crash injection right after a mutation
         self.call_audit = call_audit  # the client's audit observer: its rows go with ours
         self._passes: dict[str, _Pass] = {}
+        # customer -> monotonic time until which a timed-out mutation may still be running
+        self._settling: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------
     async def reconcile(self, customer: str) -> Outcome:
@@ -222,8 +225,18 @@ class Engine:
             state.customer_id = fields["customer_id"]
         return dataclasses.replace(change, **fields)
 
-    def _note(self, change: ChangeRecord, entry: AuditEntry) -> None:
-        self._passes[change.customer].notes.append(entry)
+    def _note(self, change: ChangeRecord, operation: str, at: datetime, **fields: Any) -> None:
+        """Stage a decision row of the audit log for this change."""
+        self._passes[change.customer].notes.append(
+            AuditEntry(
+                at=at,
+                kind=AuditKind.DECISION,
+                operation=operation,
+                customer=change.customer,
+                change_id=change.id,
+                **fields,
+            )
+        )
 
     def _schedule(self, customer: str, at: datetime | None) -> None:
         """Stage when the worker should look at this customer next (None: nothing due)."""
@@ -265,6 +278,15 @@ class Engine:
 
     async def _reconcile_claimed(self, customer: str, claim: Claim) -> Outcome:
         change = claim.desired
+        until = self._settling.get(customer)
+        if until is not None:
+            wait = until - time.monotonic()
+            if wait > 0:
+                # Not even an observation yet: it could miss the mutation still running.
+                self._schedule(customer, await self.clock.now() + timedelta(seconds=wait))
+                await self._commit(None, customer)
+                return Outcome(customer, change.id if change else None, None, "settling")
+            del self._settling[customer]
         if change is None:
             self._schedule(customer, None)
             await self._commit(None, customer)
@@ -374,7 +396,10 @@ class Engine:
                 if ambiguous > 2 or _may_still_be_running(exc):
                     # A timed-out mutation may still be running in OpenMeter: an observation
                     # now could miss it and send it again (both would apply). Look again after
-                    # the retry backoff, once it has settled.
+                    # the retry backoff, once it has settled — no pass of this process looks
+                    # earlier, whatever triggers it (a new request, an admin call).
+                    if _may_still_be_running(exc):
+                        self._settling[customer] = time.monotonic() + RETRY_BASE.total_seconds()
                     raise
                 continue
             except ServerError as exc:
@@ -489,24 +514,19 @@ class Engine:
         now = await self.clock.now()
         self._note(
             change,
-            AuditEntry(
-                at=now,
-                kind=AuditKind.DECISION,
-                operation="plan",
-                customer=change.customer,
-                change_id=change.id,
-                data={
-                    "state": result.state.value,
-                    "direction": result.direction.value,
-                    "timing": result.timing.value if result.timing else None,
-                    "rule": result.rule,
-                    "reason": result.reason,
-                    "from_plan": str(result.from_plan) if result.from_plan else None,
-                    "actions": [a.request().as_dict() for a in result.actions],
-                    "warnings": list(result.warnings),
-                    "refusal": result.refusal,
-                },
-            ),
+            "plan",
+            now,
+            data={
+                "state": result.state.value,
+                "direction": result.direction.value,
+                "timing": result.timing.value if result.timing else None,
+                "rule": result.rule,
+                "reason": result.reason,
+                "from_plan": str(result.from_plan) if result.from_plan else None,
+                "actions": [a.request().as_dict() for a in result.actions],
+                "warnings": list(result.warnings),
+                "refusal": result.refusal,
+            },
         )
         if change.direction is not None or not result.actions:
             return change
@@ -673,8 +693,9 @@ class Engine:
             details=details,
         )
         self._schedule(change.customer, next_check)
+        transition = status is not change.status
         updated = await self._commit_change(updated, events)
-        if self.hooks.on_status:
+        if self.hooks.on_status and transition:
             self.hooks.on_status(status.value)
         outcome.status = updated.status.value
         log.info(
@@ -733,17 +754,7 @@ class Engine:
             details=details,
         )
         self._schedule(change.customer, None)
-        self._note(
-            change,
-            AuditEntry(
-                at=now,
-                kind=AuditKind.DECISION,
-                operation="failed",
-                customer=change.customer,
-                change_id=change.id,
-                detail=error,
-            ),
-        )
+        self._note(change, "failed", now, detail=error)
         await self._commit_change(change, events)
         if self.hooks.on_status:
             self.hooks.on_status(ChangeStatus.FAILED.value)
@@ -769,19 +780,15 @@ class Engine:
         self, change: ChangeRecord, action: Action, outcome: str, detail: str | None
     ) -> ChangeRecord:
         """Record a mutation that failed or may not have been applied, with its call's row."""
+        call = action.request()
         self._note(
             change,
-            AuditEntry(
-                at=await self.clock.now(),
-                kind=AuditKind.DECISION,
-                operation=outcome,
-                customer=change.customer,
-                change_id=change.id,
-                method=action.request().method,
-                path=action.request().path,
-                detail=detail,
-                data={"action": action.kind},
-            ),
+            outcome,
+            await self.clock.now(),
+            method=call.method,
+            path=call.path,
+            detail=detail,
+            data={"action": action.kind},
         )
         return await self._commit_change(change)
 

@@ -17,6 +17,7 @@ drains it. Routes:
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import time
@@ -471,7 +472,11 @@ async def _portal_webhook(svc: Service, request: Request) -> Response:
                 m.labels("ignored").inc()
                 log.info("webhook_ignored", type=event.type[:100])
                 return JSON({"status": "ignored", "type": event.type}, status_code=202)
-            result, status, out = await _store_change(svc, event, ChangeSource.WEBHOOK, hdrs.msg_id)
+            pacer = svc.runtime.engine.pacer if svc.runtime is not None else None
+            with pacer.boost(event.customer) if pacer else contextlib.nullcontext():
+                result, status, out = await _store_change(
+                    svc, event, ChangeSource.WEBHOOK, hdrs.msg_id
+                )
     except ProblemError as err:
         outcome = {401: "unauthorized", 413: "too_large"}.get(err.status)
         if outcome is None:

@@ -327,8 +327,11 @@ class Worker:
     def _start(self, customer: str, trigger: str) -> asyncio.Task[str | None]:
         task = self._inflight.get(customer)
         if task is not None:
-            if trigger != "sweep":
-                self._rerun.add(customer)  # asked for again while running: once more after
+            if trigger not in ("sweep", "due"):
+                # Asked for again while running (a new request): once more after. A customer
+                # merely due is not: the running pass decides its next check itself, and a
+                # pass right after it would skip a retry backoff it has just set.
+                self._rerun.add(customer)
             return task
         task = asyncio.create_task(self._run(customer, trigger), name=f"reconcile:{customer}")
         self._inflight[customer] = task
@@ -347,7 +350,7 @@ class Worker:
             if self._stopping:
                 return None
             try:
-                with background():
+                with background(customer):
                     outcome = await self.rt.engine.reconcile(customer)
             except asyncio.CancelledError:
                 with bound(customer=customer):

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -523,7 +524,9 @@ class Store:
         lock_fd: int | None,
     ) -> None:
         # PostgreSQL: an async engine (psycopg 3). SQLite: a sync engine used only from one
-        # database thread, where each transaction runs whole (``_sqlite_tx``).
+        # database thread, where each transaction runs whole (``_thread_tx``). (PostgreSQL
+        # transactions on threads were tried: several threads doing SQLAlchemy's Python work
+        # took the GIL from the event loop, and 200 concurrent upgrades got slower.)
         self._async = engine if isinstance(engine, AsyncEngine) else None
         self._sync = engine if isinstance(engine, Engine) else None
         self._db_thread = (
@@ -531,7 +534,9 @@ class Store:
             if self._sync is not None
             else None
         )
-        self._thread_conn: Connection | None = None  # used on the database thread only
+        self._local = threading.local()  # each database thread's own connection
+        self._thread_conns: list[Connection] = []
+        self._thread_conns_lock = threading.Lock()
         self.url = url
         self.instance_id = instance_id
         self._clock = clock
@@ -580,12 +585,20 @@ class Store:
                     connect_args={"check_same_thread": False},
                 )
             _configure_sqlite(engine, wal=path is not None, busy_timeout_ms=busy_timeout_ms)
-        else:
-            engine = create_async_engine(
-                u, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow
+            return cls(
+                engine,
+                u,
+                instance_id=instance,
+                clock=clock or _utcnow,
+                retries=retries,
+                lock_fd=lock_fd,
             )
+        # No pre-ping on either engine: it costs a round trip per transaction. A dead pooled
+        # connection fails its first statement, which is retried (nothing was committed), and
+        # SQLAlchemy then recycles every connection older than the failure.
+        async_engine = create_async_engine(u, pool_size=pool_size, max_overflow=max_overflow)
         return cls(
-            engine,
+            async_engine,
             u,
             instance_id=instance,
             clock=clock or _utcnow,
@@ -602,10 +615,8 @@ class Store:
         if self._async is not None:
             await self._async.dispose()
         if self._sync is not None and self._db_thread is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._db_thread, self._close_thread_conn)
-            await loop.run_in_executor(self._db_thread, self._sync.dispose)
-            self._db_thread.shutdown(wait=True)
+            self._db_thread.shutdown(wait=True)  # lets running transactions finish
+            await asyncio.get_running_loop().run_in_executor(None, self._dispose_sync)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -625,7 +636,7 @@ class Store:
     async def ping(self) -> bool:
         """True when the database answers a trivial query (for readiness probes)."""
         try:
-            if self._sync is not None:
+            if self._sqlite and self._sync is not None:
                 await self._in_db_thread(_select_one, self._sync)
                 return True
             async with self._pg.connect() as conn:
@@ -660,7 +671,7 @@ class Store:
             cfg.attributes["connection"] = sync_conn
             command.upgrade(cfg, "head")
 
-        if self._sync is not None:
+        if self._sqlite and self._sync is not None:
             sync_engine = self._sync
 
             def upgrade_sqlite() -> None:
@@ -727,7 +738,7 @@ class Store:
             committing = [False]
             try:
                 if self._sync is not None:
-                    return await self._in_db_thread(self._sqlite_tx, fn, write, committing)
+                    return await self._in_db_thread(self._thread_tx, fn, write, committing)
                 async with self._pg.connect() as conn, conn.begin():
                     result = await fn(conn)
                     committing[0] = True
@@ -749,23 +760,30 @@ class Store:
             delay = min(delay * 4, 1.0)
         raise AssertionError("unreachable")
 
-    def _sqlite_tx(
+    def _thread_tx(
         self,
         fn: Callable[[AsyncConnection], Awaitable[T]],
         write: bool,
         committing: list[bool],
     ) -> T:
-        """On the database thread: one whole transaction, without a hop back to the event loop
-        per statement. The operation is the same coroutine the PostgreSQL path awaits; here its
-        ``execute`` calls are answered synchronously (``_SyncConnection``), so it runs to the
-        end in one step. Writes begin IMMEDIATE (take SQLite's write lock up front)."""
+        """On the SQLite database thread: one whole transaction, without a hop back to the event
+        loop per statement. The operation is the same coroutine an ``AsyncConnection`` would run;
+        here its ``execute`` calls are answered synchronously (``_SyncConnection``), so it runs
+        to the end in one step. SQLite writes begin IMMEDIATE (take the write lock up front)."""
         assert self._sync is not None
-        conn = self._thread_conn
+        conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None or conn.invalidated or conn.closed:
-            # One connection for the thread's life (no pool checkout per transaction); a fresh
-            # one after a fault invalidated it.
-            conn = self._thread_conn = self._sync.connect()
-        conn.info["begin"] = "BEGIN IMMEDIATE" if write else "BEGIN"
+            # One connection for the thread's life (no pool checkout and reset per
+            # transaction); a fresh one after a fault invalidated it.
+            old = conn
+            conn = self._sync.connect()
+            self._local.conn = conn
+            with self._thread_conns_lock:
+                if old is not None and old in self._thread_conns:
+                    self._thread_conns.remove(old)
+                self._thread_conns.append(conn)
+        if self._sqlite:
+            conn.info["begin"] = "BEGIN IMMEDIATE" if write else "BEGIN"
         try:
             with conn.begin():
                 result: T = _drive(fn(cast(AsyncConnection, _SyncConnection(conn))))
@@ -776,11 +794,14 @@ class Store:
             raise
         return result
 
-    def _close_thread_conn(self) -> None:
-        if self._thread_conn is not None:
+    def _dispose_sync(self) -> None:
+        with self._thread_conns_lock:
+            conns, self._thread_conns = self._thread_conns, []
+        for conn in conns:
             with contextlib.suppress(Exception):
-                self._thread_conn.close()
-            self._thread_conn = None
+                conn.close()
+        if self._sync is not None:
+            self._sync.dispose()
 
     def _insert(self, table: sa.Table) -> Any:
         return (sqlite_dialect.insert if self._sqlite else pg_dialect.insert)(table)

@@ -108,3 +108,28 @@ async def test_a_reconcile_makes_way_for_a_webhook_in_flight(
     assert out.status == "applied"
     assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
     assert await story.value() == (3, 549_997)
+
+
+async def test_a_pass_the_foreground_waits_on_is_never_held() -> None:
+    """Priority inheritance: on PostgreSQL a webhook for a customer whose pass is under way waits
+    for that pass's row lock; holding the pass would make each wait for the other."""
+    pacer = Pacer(max_hold=5.0, linger=0.0)
+    went: list[str] = []
+
+    async def pass_of(customer: str) -> None:
+        with background(customer):
+            await pacer.yield_point()
+            went.append(customer)
+
+    with pacer.foreground():
+        a = asyncio.create_task(pass_of("acme"))
+        b = asyncio.create_task(pass_of("globex"))
+        await asyncio.sleep(0.05)
+        assert went == []  # both held
+        with pacer.boost("acme"):  # the webhook now waits on acme's pass
+            await asyncio.wait_for(a, 1.0)
+            assert went == ["acme"]
+            await asyncio.sleep(0.05)
+            assert went == ["acme"]  # globex's pass is still held
+    await asyncio.wait_for(b, 1.0)
+    assert went == ["acme", "globex"]

@@ -7,6 +7,7 @@ to a full observation whenever that subscription shows someone else acted meanwh
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -138,3 +139,33 @@ async def test_follow_returns_none_when_the_current_subscription_changed(
     after = await rt.engine.observer.follow(observed, now, observed.values, succ)
     assert after is not None and after.successor is succ
     assert after.current is not None and after.current.superseding_id == succ.id
+
+
+async def test_no_pass_looks_while_a_timed_out_edit_may_still_run(
+    story: Story, control: httpx.AsyncClient, emulator: Any, tmp_path: Any
+) -> None:
+    """The PATCH outlives the client's timeout and is applied just after: a pass started right
+    then (a new request, an admin call) must not observe — it could miss the edit and send it
+    again. It reports ``settling`` and leaves the customer due after the backoff."""
+    from reconciler.runtime import open_runtime
+
+    from .conftest import make_settings
+
+    await onboard(story, "free", START, used=3)
+    fault = {"method": "PATCH", "path": "/api/v1/subscriptions/*", "delaySeconds": 1.3, "count": 1}
+    (await control.post("/_emulator/faults", json=fault)).raise_for_status()
+    settings = make_settings(emulator, tmp_path / "own.db", openmeter_read_timeout=1)
+    async with open_runtime(settings) as rt:
+        await Story(rt, control).request("starter")
+        first = await rt.engine.reconcile("acme")
+        assert first.state == "retry"  # the PATCH timed out: applied or not, unknown yet
+        seen = len((await control.get("/_emulator/requests")).json()["requests"])
+        again = await rt.engine.reconcile("acme")
+        assert again.state == "settling"
+        rows = (await control.get("/_emulator/requests")).json()["requests"]
+        assert [r for r in rows[seen:] if r["method"] == "GET"] == []  # it did not even look
+        row = await rt.store.get_customer("acme")
+        assert row is not None and row.next_check_at is not None
+        await asyncio.sleep(0.5)  # the late PATCH lands
+    rows = (await control.get("/_emulator/requests")).json()["requests"]
+    assert [r["applied"] for r in rows if r["method"] == "PATCH"] == [True]  # sent once

@@ -145,7 +145,7 @@ async def test_unreachable_postgres_surfaces_store_unavailable(clock: Clock) -> 
 
 @pytest.mark.postgres
 async def test_postgres_restart_like_disconnect_recovers(pg_database: str, clock: Clock) -> None:
-    """Server-side termination of pooled connections: pre-ping/retry hides it from callers."""
+    """Server-side termination of pooled connections: the retry hides it from callers."""
     import psycopg
     from pg import PG_ADMIN_DSN
 
