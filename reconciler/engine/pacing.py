@@ -50,6 +50,7 @@ class Pacer:
         self._active = 0
         self._last_end = float("-inf")
         self._boosted: dict[str, int] = {}  # customer -> foreground requests waiting on it
+        self._held_passes: dict[str, int] = {}  # customer -> its pass's yield points now held
         self._changed = asyncio.Event()  # pulsed when holds may end (idle, or a boost)
         self.held = 0  # yield points that waited (for metrics and tests)
 
@@ -80,7 +81,8 @@ class Pacer:
     def boost(self, customer: str) -> Iterator[None]:
         """The foreground may wait for ``customer``'s pass: never hold that pass meanwhile."""
         self._boosted[customer] = self._boosted.get(customer, 0) + 1
-        self._pulse()
+        if customer in self._held_passes:  # wake only when that pass is being held
+            self._pulse()
         try:
             yield
         finally:
@@ -108,9 +110,16 @@ class Pacer:
         self.held += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_hold
-        while self.busy and not (customer is not None and customer in self._boosted):
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
+        key = customer or ""
+        self._held_passes[key] = self._held_passes.get(key, 0) + 1
+        try:
+            while self.busy and not (customer is not None and customer in self._boosted):
+                left = deadline - loop.time()
+                if left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), left)
+        finally:
+            n = self._held_passes.pop(key) - 1
+            if n:
+                self._held_passes[key] = n
