@@ -49,7 +49,9 @@ async def fire(url: str, keys: list[str]) -> dict[str, float]:
     return accepted
 
 
-def run(customers: int, db: str, concurrency: int) -> dict[str, Any]:
+def run(
+    customers: int, db: str, concurrency: int, **service_extra: Any
+) -> dict[str, Any]:
     with workdir("latency-") as d:
         em = EmulatorProc(d)
         ctx = pg_database("latency") if db == "postgres" else None
@@ -68,7 +70,9 @@ def run(customers: int, db: str, concurrency: int) -> dict[str, Any]:
                 for c in r["items"]:
                     sub_of[c["currentSubscriptionId"]] = c["key"]
                 page += 1
-            svc = ServiceProc(d, em.url, url, concurrency=concurrency, log_level="WARNING")
+            svc = ServiceProc(
+                d, em.url, url, concurrency=concurrency, log_level="WARNING", **service_extra
+            )
             wait_until(svc.ready, 30, what="ready")
             em.api.clear_requests()
             t0 = time.perf_counter()
