@@ -49,9 +49,7 @@ async def fire(url: str, keys: list[str]) -> dict[str, float]:
     return accepted
 
 
-def run(
-    customers: int, db: str, concurrency: int, **service_extra: Any
-) -> dict[str, Any]:
+def run(customers: int, db: str, concurrency: int, **service_extra: Any) -> dict[str, Any]:
     with workdir("latency-") as d:
         em = EmulatorProc(d)
         ctx = pg_database("latency") if db == "postgres" else None
