@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from reconciler.engine.catalog import UnknownPlan
+from reconciler.engine.pacing import Pacer
 from reconciler.engine.quote import QuoteError, Quoter, parse_at
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter.errors import NotFound, OpenMeterError
@@ -438,12 +439,13 @@ async def portal_webhook(svc: Service, request: Request) -> Response:
     """Webhook intake runs in the foreground: reconciles make way while it is in flight
     (``reconciler.engine.pacing``)."""
     if svc.runtime is None:
-        return await _portal_webhook(svc, request)
-    with svc.runtime.engine.pacer.foreground():
-        return await _portal_webhook(svc, request)
+        return await _portal_webhook(svc, request, None)
+    pacer = svc.runtime.engine.pacer
+    with pacer.foreground():
+        return await _portal_webhook(svc, request, pacer)
 
 
-async def _portal_webhook(svc: Service, request: Request) -> Response:
+async def _portal_webhook(svc: Service, request: Request, pacer: Pacer | None) -> Response:
     m = svc.metrics.webhooks
     if not svc.keys:
         m.labels("disabled").inc()
@@ -472,7 +474,6 @@ async def _portal_webhook(svc: Service, request: Request) -> Response:
                 m.labels("ignored").inc()
                 log.info("webhook_ignored", type=event.type[:100])
                 return JSON({"status": "ignored", "type": event.type}, status_code=202)
-            pacer = svc.runtime.engine.pacer if svc.runtime is not None else None
             with pacer.boost(event.customer) if pacer else contextlib.nullcontext():
                 result, status, out = await _store_change(
                     svc, event, ChangeSource.WEBHOOK, hdrs.msg_id

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import socket
-import threading
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -534,9 +533,7 @@ class Store:
             if self._sync is not None
             else None
         )
-        self._local = threading.local()  # each database thread's own connection
-        self._thread_conns: list[Connection] = []
-        self._thread_conns_lock = threading.Lock()
+        self._thread_conn: Connection | None = None  # used on the database thread only
         self.url = url
         self.instance_id = instance_id
         self._clock = clock
@@ -615,8 +612,9 @@ class Store:
         if self._async is not None:
             await self._async.dispose()
         if self._sync is not None and self._db_thread is not None:
-            self._db_thread.shutdown(wait=True)  # lets running transactions finish
-            await asyncio.get_running_loop().run_in_executor(None, self._dispose_sync)
+            # queued after any transaction still running; then the thread ends
+            await asyncio.get_running_loop().run_in_executor(self._db_thread, self._dispose_sync)
+            self._db_thread.shutdown(wait=True)
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -771,17 +769,13 @@ class Store:
         here its ``execute`` calls are answered synchronously (``_SyncConnection``), so it runs
         to the end in one step. SQLite writes begin IMMEDIATE (take the write lock up front)."""
         assert self._sync is not None
-        conn: Connection | None = getattr(self._local, "conn", None)
+        conn = self._thread_conn
         if conn is None or conn.invalidated or conn.closed:
             # One connection for the thread's life (no pool checkout and reset per
             # transaction); a fresh one after a fault invalidated it.
-            old = conn
-            conn = self._sync.connect()
-            self._local.conn = conn
-            with self._thread_conns_lock:
-                if old is not None and old in self._thread_conns:
-                    self._thread_conns.remove(old)
-                self._thread_conns.append(conn)
+            if conn is not None:
+                conn.close()
+            conn = self._thread_conn = self._sync.connect()
         if self._sqlite:
             conn.info["begin"] = "BEGIN IMMEDIATE" if write else "BEGIN"
         try:
@@ -795,11 +789,11 @@ class Store:
         return result
 
     def _dispose_sync(self) -> None:
-        with self._thread_conns_lock:
-            conns, self._thread_conns = self._thread_conns, []
-        for conn in conns:
+        """On the database thread: close its connection, then the engine."""
+        if self._thread_conn is not None:
             with contextlib.suppress(Exception):
-                conn.close()
+                self._thread_conn.close()
+            self._thread_conn = None
         if self._sync is not None:
             self._sync.dispose()
 
