@@ -797,9 +797,6 @@ class Store:
         if self._sync is not None:
             self._sync.dispose()
 
-    def _insert(self, table: sa.Table) -> Any:
-        return (sqlite_dialect.insert if self._sqlite else pg_dialect.insert)(table)
-
     def _held_claim(self, customer: str) -> Claim | None:
         return (_HELD_CLAIMS.get() or {}).get((id(self), customer))
 
