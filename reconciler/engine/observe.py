@@ -45,6 +45,12 @@ def _status(sub: Listed) -> str:
 def pick(subs: Iterable[S]) -> tuple[S | None, S | None]:
     """The customer's current subscription (active or canceled) and its scheduled successor."""
     subs = list(subs)
+    if len(subs) == 1:  # the usual listing (a sweep checks one per customer): no sorting
+        only = subs[0]
+        status = _status(only)
+        if status in LIVE:
+            return only, None
+        return (None, only) if status == "scheduled" else (None, None)
     live = sorted((s for s in subs if _status(s) in LIVE), key=lambda s: s.active_from)
     current = live[-1] if live else None
     scheduled = sorted((s for s in subs if _status(s) == "scheduled"), key=lambda s: s.active_from)
