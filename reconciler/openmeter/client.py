@@ -29,11 +29,12 @@ Every attempt is reported to the optional ``observer`` (sync or async callable) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -197,6 +198,17 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     if ad is None:
         ad = _ADAPTERS[tp] = TypeAdapter(tp)
     return ad
+
+
+async def _cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (a request sent ahead that turned out not to be needed) and wait for it
+    to end; its outcome, error included, is dropped."""
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: not reported as "never retrieved"
 
 
 def _list_param(value: str | Sequence[str] | None) -> list[str] | None:
@@ -451,6 +463,63 @@ class OpenMeterClient:
             page = result.page + 1
             size = result.page_size or size or MAX_PAGE_SIZE
 
+    async def _pages_ahead(
+        self,
+        operation: str,
+        path: str,
+        item_type: Any,
+        params: Mapping[str, Any] | None = None,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> AsyncGenerator[list[Any], None]:
+        """``_pages`` for long walks (sweeps): still one request in flight at a time, but the
+        request for the next page goes out as soon as this page's answer has arrived, before
+        it is parsed and while the caller works on it, so OpenMeter builds the next page
+        meanwhile instead of waiting for us.
+
+        The next page is requested ahead only when the count the first page announced says
+        there is one; if the count changed while paging, the parsed page decides as in
+        ``_pages`` (a request sent ahead for nothing is cancelled; a page that appeared is
+        then requested in turn).
+        """
+        tp = Page[item_type]
+        base = dict(params or {})
+
+        def fetch(page: int, size: int) -> asyncio.Task[httpx.Response]:
+            q = {**base, "page": page, "pageSize": size}
+            return asyncio.create_task(self._request(operation, "GET", path, params=q))
+
+        first: Page[Any] = self._parse(await fetch(1, page_size), tp)
+        announced = first.total_count
+        size = first.page_size or page_size
+        result = first
+        seen = 0
+        ahead: asyncio.Task[httpx.Response] | None = None
+        try:
+            while True:
+                seen += len(result.items)
+                if ahead is None and not (
+                    result.page == 0 or not result.items or seen >= result.total_count
+                ):
+                    # after the first page, or when the count grew while paging
+                    ahead = fetch(result.page + 1, size)
+                yield result.items
+                if ahead is None:
+                    return
+                response = await ahead
+                ahead = None
+                page = result.page + 1
+                if page * size < announced:  # by the announced count, another page follows
+                    ahead = fetch(page + 1, size)
+                result = self._parse(response, tp)
+                if ahead is not None and (
+                    not result.items or seen + len(result.items) >= result.total_count
+                ):
+                    await _cancelled(ahead)  # this page is the last after all
+                    ahead = None
+        finally:
+            await _cancelled(ahead)
+
     async def _all(
         self,
         operation: str,
@@ -517,10 +586,12 @@ class OpenMeterClient:
     ) -> AsyncIterator[list[CustomerListing]]:
         """Every customer with its subscriptions, page by page, as slim listings (sweeps)."""
         params = {"expand": ["subscriptions"]}
-        async for items in self._pages(
+        pages = self._pages_ahead(
             "list_customers", "/api/v1/customers", CustomerListing, params, page_size=page_size
-        ):
-            yield items
+        )
+        async with contextlib.aclosing(pages):  # a caller that stops early cancels the read ahead
+            async for items in pages:
+                yield items
 
     async def create_customer(self, body: Mapping[str, Any] | BaseModel) -> Customer:
         result: Customer = await self._send(

@@ -3,6 +3,7 @@ only when configured, settings wiring."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -149,3 +150,106 @@ def _recorder(out: list[float]):  # type: ignore[no-untyped-def]
         out.append(s)
 
     return sleep
+
+
+def _customers(n: int) -> list[dict[str, object]]:
+    return [
+        {**CUSTOMER, "id": f"01JQ8Z6V2X3Y4Z5A6B7C8D9C{i:02d}", "key": f"c{i}"} for i in range(n)
+    ]
+
+
+def _listing_page(items: list[dict[str, object]], n: int, total: int) -> httpx.Response:
+    return httpx.Response(
+        200, json=page(items[2 * (n - 1) : 2 * n], page=n, page_size=2, total=total)
+    )
+
+
+async def test_sweep_listings_request_the_next_page_before_the_caller_is_done(
+    client: OpenMeterClient, router: respx.MockRouter
+) -> None:
+    customers = _customers(5)
+    route = router.get("/api/v1/customers")
+    route.side_effect = [_listing_page(customers, n, 5) for n in (1, 2, 3)]
+    pages = client.iter_customer_listings(page_size=2)
+    seen_calls = []
+    keys = []
+    async for items in pages:
+        await asyncio.sleep(0)  # the caller working on the page lets the loop run
+        seen_calls.append(route.call_count)
+        keys += [c.key for c in items]
+    assert keys == ["c0", "c1", "c2", "c3", "c4"]
+    # page 2 is asked for while the caller holds page 1, page 3 while it holds page 2, and
+    # nothing is asked past the announced count
+    assert seen_calls == [2, 3, 3]
+    assert [q(c.request)["page"] for c in route.calls] == [["1"], ["2"], ["3"]]
+    assert all(q(c.request)["pageSize"] == ["2"] for c in route.calls)
+
+
+async def test_sweep_listings_follow_a_count_that_shrank_or_grew(
+    client: OpenMeterClient, router: respx.MockRouter
+) -> None:
+    customers = _customers(6)
+    route = router.get("/api/v1/customers")
+    # announced 5; page 2 says 4 (customers deleted meanwhile): page 3, asked ahead, is dropped
+    route.side_effect = [
+        _listing_page(customers, 1, 5),
+        _listing_page(customers, 2, 4),
+        _listing_page(customers, 3, 4),
+    ]
+    got = [c.key async for items in client.iter_customer_listings(page_size=2) for c in items]
+    assert got == ["c0", "c1", "c2", "c3"]
+
+    route.reset()
+    # announced 4; page 2 says 6 (customers created meanwhile): page 3 is asked after all
+    route.side_effect = [
+        _listing_page(customers, 1, 4),
+        _listing_page(customers, 2, 6),
+        _listing_page(customers, 3, 6),
+    ]
+    got = [c.key async for items in client.iter_customer_listings(page_size=2) for c in items]
+    assert got == [f"c{i}" for i in range(6)]
+    assert [q(c.request)["page"] for c in route.calls] == [["1"], ["2"], ["3"]]
+
+
+async def test_sweep_listings_stopped_early_cancel_the_request_sent_ahead() -> None:
+    customers = _customers(6)
+    gate = asyncio.Event()
+    asked: list[int] = []
+    answered: list[int] = []
+
+    class Slow(httpx.AsyncBaseTransport):
+        """Answers page 1 at once and later pages only when the gate opens."""
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            n = int(q(request)["page"][0])
+            asked.append(n)
+            if n > 1:
+                await gate.wait()
+            answered.append(n)
+            return _listing_page(customers, n, 6)
+
+    async with OpenMeterClient(BASE, transport=Slow()) as client:
+        pages = client.iter_customer_listings(page_size=2)
+        first = await anext(pages)
+        assert [c.key for c in first] == ["c0", "c1"]
+        await asyncio.sleep(0)
+        assert asked == [1, 2]  # page 2 is on its way while the caller holds page 1
+        await pages.aclose()  # the caller stops (a worker shutting down)
+        gate.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert (asked, answered) == ([1, 2], [1])  # page 2's request was cancelled, no page 3
+
+
+async def test_sweep_listings_fail_like_any_read(
+    client: OpenMeterClient, router: respx.MockRouter
+) -> None:
+    client._sleep = _recorder([])
+    customers = _customers(4)
+    route = router.get("/api/v1/customers")
+    route.side_effect = [_listing_page(customers, 1, 4)] + [httpx.Response(503)] * 10
+    pages = client.iter_customer_listings(page_size=2)
+    assert [c.key for c in await anext(pages)] == ["c0", "c1"]
+    with pytest.raises(ServerError):
+        await anext(pages)
+    assert route.call_count == 1 + client.read_retries + 1
