@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -37,7 +37,7 @@ from reconciler.logs import bound, get_logger
 from reconciler.openmeter.models import CustomerListing, SubscriptionListing
 from reconciler.runtime import Runtime
 from reconciler.service.metrics import Metrics
-from reconciler.store import ChangeRecord, ChangeStatus, Leadership
+from reconciler.store import ChangeStatus, DesiredSummary, Leadership
 
 log = get_logger("reconciler.service.worker")
 
@@ -52,7 +52,21 @@ def _plan_of(sub: SubscriptionListing | None) -> tuple[str, int] | None:
     return sub.plan.key, sub.plan.version
 
 
-def _matches(change: ChangeRecord, sub: SubscriptionListing | None) -> bool:
+class DesiredView(Protocol):
+    """What ``needs_reconcile`` reads of a desired request (a ``ChangeRecord`` or the sweep's
+    ``DesiredSummary``)."""
+
+    @property
+    def plan_key(self) -> str: ...
+    @property
+    def plan_version(self) -> int | None: ...
+    @property
+    def status(self) -> ChangeStatus: ...
+    @property
+    def converges_at(self) -> datetime | None: ...
+
+
+def _matches(change: DesiredView, sub: SubscriptionListing | None) -> bool:
     got = _plan_of(sub)
     if got is None or got[0] != change.plan_key:
         return False
@@ -63,7 +77,7 @@ SUPERSEDING = "subscription.superseding.id"
 
 
 def needs_reconcile(
-    change: ChangeRecord, subs: Sequence[SubscriptionListing], now: datetime, *, full: bool = False
+    change: DesiredView, subs: Sequence[SubscriptionListing], now: datetime, *, full: bool = False
 ) -> bool:
     """Cheap check on the flat subscription list of ``GET /customers?expand=subscriptions``:
     does OpenMeter differ from what the change request wants (or is it not settled yet)?
@@ -483,7 +497,12 @@ class Worker:
         store = self.rt.store
         batch = list(batch)
         # One store round trip per page, not one per customer (the no-op sweep's hot path).
-        known = await store.desired_for_many(r for c in batch for r in (c.key, c.id) if r)
+        # Desired state is stored under the reference its request used: the key, as a rule; the
+        # customers not found by key are looked up by id (a second query only when needed).
+        known = await store.desired_summaries(c.key for c in batch if c.key)
+        by_id = [c.id for c in batch if c.id and (not c.key or c.key not in known)]
+        if by_id:
+            known.update(await store.desired_summaries(by_id))
         check_sem = asyncio.Semaphore(self.concurrency)
         page_counts: dict[str, int] = {}
 
@@ -492,13 +511,11 @@ class Worker:
 
         # The cheap checks run inline; only customers that need work get a task (a task per
         # customer of a no-op page was a quarter of the sweep's time).
-        work: list[tuple[CustomerListing, ChangeRecord | None]] = []
+        work: list[tuple[CustomerListing, DesiredSummary | None]] = []
         for cust in batch:
-            change: ChangeRecord | None = None
-            for ref in dict.fromkeys(r for r in (cust.key, cust.id) if r):
-                change = known.get(ref)
-                if change is not None:
-                    break
+            change = (known.get(cust.key) if cust.key else None) or (
+                known.get(cust.id) if cust.id else None
+            )
             if change is None:
                 if not full:
                     count("no_desired_state")
@@ -508,7 +525,7 @@ class Worker:
                 continue
             work.append((cust, change))
 
-        async def one(cust: CustomerListing, change: ChangeRecord | None) -> None:
+        async def one(cust: CustomerListing, change: DesiredSummary | None) -> None:
             async with check_sem:
                 if self._stopping:
                     return
@@ -525,12 +542,13 @@ class Worker:
                         count("untagged")
                         return
                     count("adopted")
-                    change = adopted
+                    customer = adopted.customer
                 else:
                     with bound(customer=change.customer, change=change.id):
                         log.info("sweep_found_difference", status=change.status.value)
                     count("reconciled")
-            await self._start(change.customer, "sweep")
+                    customer = change.customer
+            await self._start(customer, "sweep")
 
         try:
             await asyncio.gather(*(one(c, ch) for c, ch in work))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.domain.model import Desired, Direction, Timing
 
@@ -83,6 +83,20 @@ class ChangeRecord:
             plan_version=self.plan_version,
             requested_at=self.requested_at,
         )
+
+
+class DesiredSummary(NamedTuple):
+    """The part of a customer's desired request that a sweep checks against OpenMeter's listing
+    (``Store.desired_summaries``): a page of 500 customers is looked up without building 500
+    full ``ChangeRecord``\\ s (a tuple: the cheapest immutable record to build); the reconcile
+    itself reads the whole record under its claim."""
+
+    id: str
+    customer: str
+    plan_key: str
+    plan_version: int | None
+    status: ChangeStatus
+    converges_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,25 @@ def test_sweep_heals_drift_converges_and_full_sweep_adopts(emu: Emu, tmp_path: P
         )
 
 
+def test_sweep_finds_desired_state_stored_under_the_customer_id(emu: Emu, tmp_path: Path) -> None:
+    """A portal that names customers by OpenMeter id: the sweep looks them up by key first and
+    then by id, and still checks (and heals) them."""
+    emu.customer("by-key")
+    emu.customer("by-id")
+    cid = emu.customer_id("by-id")
+    emu.advance(86400)
+    s = make_settings(emu.url, f"sqlite:///{tmp_path}/ids.db")
+    with ServiceServer(s, sweep_at_start=False) as svc:
+        assert svc.webhook(plan_change("by-key", "starter")).status_code == 202
+        assert svc.webhook(plan_change(cid, "starter")).status_code == 202
+        wait_for(lambda: status_of(svc, "by-key") == "applied" and status_of(svc, cid) == "applied")
+        assert sweep(svc) == {"in_sync": 2}
+        succ = live(emu, cid)["scheduled"][0]
+        assert emu.http.delete(f"/api/v1/subscriptions/{succ['id']}").status_code == 204
+        assert sweep(svc) == {"reconciled": 1, "in_sync": 1}
+        assert live(emu, cid)["scheduled"][0]["plan"]["key"] == "starter"
+
+
 def test_heal_leaves_no_cancelation(emu: Emu, tmp_path: Path) -> None:
     emu.customer("heal")
     s = make_settings(emu.url, f"sqlite:///{tmp_path}/h.db")

@@ -11,8 +11,10 @@ import sqlalchemy as sa
 from reconciler.domain.model import Direction, Timing
 from reconciler.store import (
     ChangeNotFoundError,
+    ChangeRecord,
     ChangeSource,
     ChangeStatus,
+    DesiredSummary,
     InvalidCursorError,
     NewEvent,
     StaleChangeError,
@@ -274,14 +276,28 @@ async def test_concurrent_duplicate_webhooks(
     assert await _count(store, change_requests) == 1
 
 
-async def test_desired_for_many(store: Store) -> None:
+def _summary(change: ChangeRecord | None) -> DesiredSummary:
+    assert change is not None
+    return DesiredSummary(
+        id=change.id,
+        customer=change.customer,
+        plan_key=change.plan_key,
+        plan_version=change.plan_version,
+        status=change.status,
+        converges_at=change.converges_at,
+    )
+
+
+async def test_desired_summaries(store: Store) -> None:
     a = (await store.submit_change("a", "pro", None, T0, "webhook", "1", T0)).change
     b1 = (await store.submit_change("b", "basic", None, T0, "webhook", "2", T0)).change
     b2 = (await store.submit_change("b", "pro", None, T0 + H, "webhook", "3", T0)).change
     await store.schedule_customer("no-desired", T0)
-    got = await store.desired_for_many(["a", "b", "b", "no-desired", "unknown"])
-    assert got == {"a": a, "b": await store.get_change(b2.id)}
+    await store.update_change(b2.id, status=ChangeStatus.SCHEDULED, converges_at=T0 + 2 * H)
+    got = await store.desired_summaries(["a", "b", "b", "no-desired", "unknown"])
+    assert got == {"a": _summary(a), "b": _summary(await store.get_change(b2.id))}
+    assert got["b"].status is ChangeStatus.SCHEDULED and got["b"].converges_at == T0 + 2 * H
     assert b1.id not in {c.id for c in got.values()}
-    assert await store.desired_for_many([]) == {}
+    assert await store.desired_summaries([]) == {}
     many = [f"x{i}" for i in range(1200)]  # more than one IN chunk
-    assert await store.desired_for_many(many) == {}
+    assert await store.desired_summaries(many) == {}
