@@ -10,6 +10,11 @@ same concurrency (the sweep reads one page at a time) and decoding the JSON. Rou
 (bare, sweep, bare, sweep, …) so both see the same machine state. Reports wall time,
 requests/s, customers/s, the ratio bare/sweep (goal ≥ 0.8) and the service's peak RSS (VmHWM;
 goal < 200 MB at 100k).
+
+``--managed`` seeds the reconciler's store first with a converged desired state on *free* for
+every customer (what a fleet it manages looks like at rest), so the sweep also looks every
+customer up in the store and checks it against OpenMeter (result ``in_sync``); without it no
+customer has desired state (result ``no_desired_state``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import json
 import statistics
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -71,7 +77,72 @@ async def bare_loop(url: str, customers: int, concurrency: int = 1) -> float:
     return elapsed
 
 
-def run(customers: int, rounds: int, db: str, bulk_chunk: int = 25_000) -> dict[str, Any]:
+def seed_converged(url: str, customers: int, prefix: str = "cust-", plan: str = "free") -> float:
+    """Give every bulk-loaded customer a converged desired state on ``plan`` (the store's own
+    migrations, then plain multi-row inserts); returns the seconds it took."""
+    import sqlalchemy as sa
+
+    from reconciler.store.schema import change_requests
+    from reconciler.store.schema import customers as customers_t
+    from reconciler.store.store import Store
+
+    async def migrate() -> None:
+        store = await Store.open(url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    started = time.perf_counter()
+    asyncio.run(migrate())
+    now = datetime.now(UTC)
+    engine = sa.create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1).replace(
+            "+psycopg_async", "+psycopg"
+        )
+    )
+    try:
+        with engine.begin() as conn:
+            for lo in range(0, customers, 5_000):
+                idx = range(lo, min(lo + 5_000, customers))
+                conn.execute(
+                    sa.insert(customers_t),
+                    [
+                        {"customer": f"{prefix}{i}", "desired_change_id": None, "updated_at": now}
+                        for i in idx
+                    ],
+                )
+                conn.execute(
+                    sa.insert(change_requests),
+                    [
+                        {
+                            "id": f"seed-{i}",
+                            "customer": f"{prefix}{i}",
+                            "plan_key": plan,
+                            "requested_at": now,
+                            "received_at": now,
+                            "source": "admin",
+                            "status": "converged",
+                            "updated_at": now,
+                            "details": {},
+                        }
+                        for i in idx
+                    ],
+                )
+            conn.execute(
+                sa.update(customers_t).values(
+                    desired_change_id=sa.literal("seed-")
+                    + sa.func.substr(customers_t.c.customer, len(prefix) + 1)
+                )
+            )
+    finally:
+        engine.dispose()
+    return time.perf_counter() - started
+
+
+def run(
+    customers: int, rounds: int, db: str, bulk_chunk: int = 25_000, *, managed: bool = False
+) -> dict[str, Any]:
     with workdir() as d, pg_database("benchsweep") if db == "postgres" else _sqlite(d) as url:
         em = EmulatorProc(d)
         svc: ServiceProc | None = None
@@ -81,6 +152,7 @@ def run(customers: int, rounds: int, db: str, bulk_chunk: int = 25_000) -> dict[
                 em.api.bulk(min(bulk_chunk, customers - start), start=start)
             load_s = time.perf_counter() - t0
             em.api.clear_requests()
+            seed_s = seed_converged(url, customers) if managed else None
             svc = ServiceProc(d, em.url, url, log_level="WARNING", concurrency=8)
             # the sweep the service runs at start: wait for it, it is round 0 (not counted)
             wait_until(
@@ -109,6 +181,8 @@ def run(customers: int, rounds: int, db: str, bulk_chunk: int = 25_000) -> dict[
                 counts = r.json()["customers"]
                 assert sum(counts.values()) == customers, counts
                 assert counts.get("reconciled", 0) == 0, counts  # a no-op sweep
+                if managed:
+                    assert counts.get("in_sync", 0) == customers, counts
             muts = em.api.requests()
             assert not [m for m in muts if m["method"] != "GET"], "a no-op sweep mutated"
             requests_per_sweep = -(-customers // PAGE)
@@ -118,7 +192,9 @@ def run(customers: int, rounds: int, db: str, bulk_chunk: int = 25_000) -> dict[
                 "customers": customers,
                 "db": db,
                 "rounds": rounds,
+                "managed": managed,
                 "bulk_load_s": round(load_s, 2),
+                "store_seed_s": None if seed_s is None else round(seed_s, 2),
                 "requests_per_sweep": requests_per_sweep,
                 "bare_s": [round(x, 3) for x in bare],
                 "sweep_s": [round(x, 3) for x in sweep],
@@ -157,8 +233,13 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument(
+        "--managed",
+        action="store_true",
+        help="seed a converged desired state for every customer (the sweep checks each one)",
+    )
     args = ap.parse_args()
-    print(json.dumps(run(args.customers, args.rounds, args.db), indent=2))
+    print(json.dumps(run(args.customers, args.rounds, args.db, managed=args.managed), indent=2))
 
 
 if __name__ == "__main__":
