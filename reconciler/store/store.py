@@ -304,15 +304,97 @@ _Q_SUBMIT_CUSTOMER = (
     .where(customers.c.customer == sa.bindparam("b_customer"))
 )
 #: PostgreSQL: lock the customer's row first (a customer's submits are serialised on it), then
-#: read the desired request in a fresh statement, which sees what the lock waited for.
+#: read in a fresh statement (``_Q_PG_AFTER_LOCK``), which sees what the lock waited for.
 _Q_LOCK_CUSTOMER = (
     sa.select(customers.c.customer_id, customers.c.desired_change_id)
     .where(customers.c.customer == sa.bindparam("b_customer"))
     .with_for_update()
 )
-_Q_REQUESTED_AT = sa.select(change_requests.c.requested_at).where(
-    change_requests.c.id == sa.bindparam("b_id")
+#: PostgreSQL: a reconcile's claim, a row lock kept for the pass (None: missing, or held).
+_Q_CLAIM_CUSTOMER = (
+    sa.select(customers)
+    .where(customers.c.customer == sa.bindparam("b_customer"))
+    .with_for_update(skip_locked=True)
 )
+#: PostgreSQL, after the lock, in one fresh statement: the request already stored under
+#: (source, source_id) if any (its columns, else NULLs) and the time of the desired request.
+_desired = change_requests.alias("desired")
+_Q_PG_AFTER_LOCK = sa.select(
+    change_requests,
+    sa.select(_desired.c.requested_at)
+    .where(_desired.c.id == sa.bindparam("b_desired_id"))
+    .scalar_subquery()
+    .label("desired_requested_at"),
+).select_from(
+    sa.select(sa.literal(1).label("one"))
+    .subquery("one")
+    .outerjoin(
+        change_requests,
+        sa.and_(
+            change_requests.c.source == sa.bindparam("b_source"),
+            change_requests.c.source_id == sa.bindparam("b_source_id"),
+        ),
+    )
+)
+_ACCEPT_COLUMNS = (
+    "id",
+    "customer",
+    "customer_id",
+    "plan_key",
+    "plan_version",
+    "requested_at",
+    "source",
+    "source_id",
+    "details",
+)
+
+
+def _pg_accept() -> sa.Select[tuple[str]]:
+    """PostgreSQL: store a request that becomes the desired one in a single statement (its
+    parts run as data-modifying CTEs on one snapshot): insert it, supersede the customer's
+    other open requests (their ids are the result) and point the customer at it. Parameters:
+    ``b_<column>`` for the new row, ``b_now``."""
+    c = change_requests.c
+    now = sa.bindparam("b_now", type_=c.updated_at.type)
+    values: dict[str, Any] = {n: sa.bindparam(f"b_{n}", type_=c[n].type) for n in _ACCEPT_COLUMNS}
+    insert = (
+        change_requests.insert()
+        .values(
+            **values,
+            received_at=now,
+            updated_at=now,
+            status=ChangeStatus.PENDING.value,
+            attempts=0,
+        )
+        .cte("accepted")
+    )
+    supersede = (
+        change_requests.update()
+        .where(
+            c.customer == values["customer"],
+            c.status.in_([s.value for s in OPEN_STATUSES]),
+            c.id != values["id"],
+        )
+        .values(status=ChangeStatus.SUPERSEDED.value, updated_at=now)
+        .returning(c.id)
+        .cte("superseded")
+    )
+    desired = (
+        customers.update()
+        .where(customers.c.customer == values["customer"])
+        .values(
+            desired_change_id=values["id"],
+            next_check_at=now,
+            customer_id=values["customer_id"],
+            version=customers.c.version + 1,
+            updated_at=now,
+        )
+        .cte("desired")
+    )
+    return sa.select(supersede.c.id).add_cte(insert, desired)
+
+
+_Q_PG_ACCEPT = _pg_accept()
 #: by ``Store._sqlite``: create the customer's row unless it exists (the two dialects spell
 #: ``ON CONFLICT DO NOTHING`` with their own constructs).
 _Q_ENSURE_CUSTOMER = {
@@ -891,22 +973,41 @@ class Store:
         now = _aware(now, "now")
 
         async def op(conn: AsyncConnection) -> SubmitResult:
-            if source_id is not None:
-                existing = await self._by_source(conn, src, source_id)
-                if existing is not None:
-                    return SubmitResult(existing, created=False)
-            cust = await self._submit_customer(conn, customer)
-            if cust is None:
-                await self._ensure_customer(conn, customer, now)
+            if self._sqlite:  # the transaction began IMMEDIATE: nothing commits meanwhile
+                if source_id is not None:
+                    existing = await self._by_source(conn, src, source_id)
+                    if existing is not None:
+                        return SubmitResult(existing, created=False)
                 cust = await self._submit_customer(conn, customer)
-                assert cust is not None
-            if source_id is not None and not self._sqlite:
-                # A concurrent twin may have committed while we waited for the row lock (on
-                # SQLite the transaction began IMMEDIATE: nothing commits meanwhile).
-                existing = await self._by_source(conn, src, source_id)
-                if existing is not None:
-                    return SubmitResult(existing, created=False)
-            cust_id, desired_at = cust
+                if cust is None:
+                    await self._ensure_customer(conn, customer, now)
+                    cust = await self._submit_customer(conn, customer)
+                    assert cust is not None
+                cust_id, desired_at = cust
+            else:
+                # Lock the customer's row first (its submits are serialised on it), then read
+                # in a fresh statement, which sees whatever the lock waited for: a twin of
+                # this request, or a newer desired request.
+                locked = (await conn.execute(_Q_LOCK_CUSTOMER, {"b_customer": customer})).first()
+                if locked is None:
+                    await self._ensure_customer(conn, customer, now)
+                    locked = (
+                        await conn.execute(_Q_LOCK_CUSTOMER, {"b_customer": customer})
+                    ).first()
+                    assert locked is not None
+                seen = (
+                    await conn.execute(
+                        _Q_PG_AFTER_LOCK,
+                        {
+                            "b_source": src.value,
+                            "b_source_id": source_id,
+                            "b_desired_id": locked.desired_change_id,
+                        },
+                    )
+                ).one()
+                if seen.id is not None:
+                    return SubmitResult(_change(seen), created=False)
+                cust_id, desired_at = locked.customer_id, seen.desired_requested_at
             stale = desired_at is not None and requested < desired_at
             change_id = new_ulid()
             record = ChangeRecord(
@@ -931,6 +1032,26 @@ class Store:
                 updated_at=now,
                 details=dict(details or {}),
             )
+            superseded: tuple[str, ...] = ()
+            if not stale and not self._sqlite:  # one statement on PostgreSQL (_pg_accept)
+                result = await conn.execute(
+                    _Q_PG_ACCEPT,
+                    {
+                        "b_id": change_id,
+                        "b_customer": customer,
+                        "b_customer_id": record.customer_id,
+                        "b_plan_key": plan_key,
+                        "b_plan_version": plan_version,
+                        "b_requested_at": requested,
+                        "b_source": src.value,
+                        "b_source_id": source_id,
+                        "b_details": dict(record.details),
+                        "b_now": now,
+                    },
+                )
+                superseded = tuple(sorted(result.scalars()))
+                await self._write_events(conn, events, customer, change_id, now)
+                return SubmitResult(record, created=True, superseded_ids=superseded)
             await conn.execute(
                 _Q_INSERT_CHANGE,
                 {
@@ -949,7 +1070,6 @@ class Store:
                     "details": dict(record.details),
                 },
             )
-            superseded: tuple[str, ...] = ()
             if not stale:
                 ids = (
                     await conn.execute(
@@ -993,19 +1113,9 @@ class Store:
     async def _submit_customer(
         self, conn: AsyncConnection, customer: str
     ) -> tuple[str | None, datetime | None] | None:
-        """(customer_id, desired request's requested_at) of an existing customer row."""
-        if self._sqlite:
-            row = (await conn.execute(_Q_SUBMIT_CUSTOMER, {"b_customer": customer})).first()
-            return None if row is None else (row.customer_id, row.desired_requested_at)
-        locked = (await conn.execute(_Q_LOCK_CUSTOMER, {"b_customer": customer})).first()
-        if locked is None:
-            return None
-        desired_at = None
-        if locked.desired_change_id is not None:
-            desired_at = (
-                await conn.execute(_Q_REQUESTED_AT, {"b_id": locked.desired_change_id})
-            ).scalar_one_or_none()
-        return locked.customer_id, desired_at
+        """SQLite: (customer_id, desired request's requested_at) of an existing customer row."""
+        row = (await conn.execute(_Q_SUBMIT_CUSTOMER, {"b_customer": customer})).first()
+        return None if row is None else (row.customer_id, row.desired_requested_at)
 
     async def _by_source(
         self, conn: AsyncConnection, source: ChangeSource, source_id: str
@@ -1417,39 +1527,36 @@ class Store:
                 self._sqlite_claims.discard(customer)
             return
 
-        # PostgreSQL. Make sure the row exists (short committed transaction) so that the lock
-        # below never waits on another replica's uncommitted insert.
+        # PostgreSQL. Lock the row at once: it nearly always exists and is free. Otherwise it
+        # is missing or held: make sure it exists (a short committed transaction, which also
+        # waits out another replica's uncommitted insert of it) and try once more.
         now = self._clock()
 
         async def ensure(conn: AsyncConnection) -> None:
-            exists = (
-                await conn.execute(sa.select(sa.literal(1)).where(customers.c.customer == customer))
-            ).first()
-            if exists is None:
-                await self._ensure_customer(conn, customer, now)
+            await self._ensure_customer(conn, customer, now)
 
-        await self._tx(ensure, write=True, idempotent=True)
         try:
             conn = await self._pg.connect()
         except (exc.DBAPIError, OSError) as e:
             raise StoreUnavailable(f"database unavailable: {e}") from e
         try:
-            try:
-                await conn.begin()
-                locked = (
-                    await conn.execute(
-                        sa.select(customers)
-                        .where(customers.c.customer == customer)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).first()
-            except exc.DBAPIError as e:
-                if _is_transient(e, False):
-                    raise StoreUnavailable(f"database unavailable: {e.orig}") from e
-                raise _translate(e) from e
-            if locked is None:
+            for attempt in (1, 2):
+                try:
+                    await conn.begin()
+                    locked = (
+                        await conn.execute(_Q_CLAIM_CUSTOMER, {"b_customer": customer})
+                    ).first()
+                except exc.DBAPIError as e:
+                    if _is_transient(e, False):
+                        raise StoreUnavailable(f"database unavailable: {e.orig}") from e
+                    raise _translate(e) from e
+                if locked is not None:
+                    break
                 await conn.rollback()
-                yield None
+                if attempt == 1:
+                    await self._tx(ensure, write=True, idempotent=True)
+            if locked is None:
+                yield None  # another worker holds it
                 return
             try:
                 desired = None
