@@ -33,6 +33,7 @@ from reconciler.domain.model import (
     META_PLAN,
     META_VERSION,
     Desired,
+    Direction,
     EntitlementValue,
     Observed,
     ObservedSubscription,
@@ -335,8 +336,10 @@ class Engine:
             if follow is not None and values is not None:
                 observed_or_none = await self.observer.follow(follow[0], now, values, follow[1])
                 follow = None
+            # Entitlement values are read only once a decision may depend on them (below).
+            has_values = observed_or_none is not None or values is not None
             observed = observed_or_none or await self.observer.observe(
-                customer, now, identity=identity, known_values=values
+                customer, now, identity=identity, known_values=values, values=False
             )
             if observed.current is not None and observed.current.phase_at(now) is None:
                 # A billing boundary passed between our clock read and OpenMeter computing the
@@ -344,8 +347,9 @@ class Engine:
                 # never earlier than OpenMeter's view, and observe again before planning.
                 now = max(await self.clock.now(), observed.current.active_from)
                 observed = await self.observer.observe(customer, now, identity=identity)
+                has_values = True
             identity = (observed.customer_id, observed.customer_key)
-            values = dict(observed.values)
+            values = dict(observed.values) if has_values else None
             if step == 0:
                 change, stop = await self._one_customer_one_intent(change, observed, now)
                 if stop is not None:
@@ -357,6 +361,17 @@ class Engine:
             # cancelation made outside the reconciler.
             settled = converged and not _resuming(change, observed)
             result = plan(observed, desired, target, self.policy, now, settled=settled)
+            if (
+                not has_values
+                and observed.current is not None
+                and (result.actions or result.direction is not Direction.NOOP)
+            ):
+                # Usage may matter (the policy's rules, the decision's record, the proof): read
+                # the values and plan again. A pass that finds the customer on the desired plan
+                # (the policy says NOOP without consulting usage) never needs them.
+                observed = await self.observer.with_values(observed, now)
+                values = dict(observed.values)
+                result = plan(observed, desired, target, self.policy, now, settled=settled)
             if step == 0:
                 change = await self._record_decision(change, result, observed)
             outcome.result = result
@@ -432,7 +447,7 @@ class Engine:
                 change, after_values = await self._proof_after(
                     change, observed.customer_id, before, outcome
                 )
-                values.update(after_values)
+                values = {**(values or {}), **after_values}
                 if outcome.usage_not_preserved:
                     return await self._fail(
                         change,

@@ -7,6 +7,7 @@ disagree about whether a boundary has passed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -146,6 +147,14 @@ class Observer:
             successor=successor,
             values=dict(values),
         )
+
+    async def with_values(self, observed: Observed, now: datetime) -> Observed:
+        """``observed`` with the entitlement values of its current subscription's metered
+        features read now (for an observation made with ``values=False``)."""
+        if observed.current is None:
+            return observed
+        vals = await self.values(observed.customer_id, metered_features(observed.current, now))
+        return dataclasses.replace(observed, values=vals)
 
     async def _expanded(self, sub: Subscription | None) -> ObservedSubscription | None:
         if sub is None:

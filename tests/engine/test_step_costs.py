@@ -50,6 +50,34 @@ async def reads(control: httpx.AsyncClient) -> Counter[str]:
     return out
 
 
+async def test_a_pass_that_finds_the_desired_plan_reads_no_entitlement_value(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """A request for the plan the customer already has: the policy decides NOOP without
+    consulting usage, so the values are never read (three reads, no mutation)."""
+    await onboard(story, "free", START, used=3)
+    await story.request("free")
+    await rt.engine.catalog.get("free")
+    (await control.delete("/_emulator/requests")).raise_for_status()
+
+    out = await story.reconcile()
+    got = await reads(control)
+
+    assert out.status == "converged"
+    assert await mutations(control) == []
+    assert sum(got.values()) == 3, got  # customer, its subscriptions, the current one
+    assert not [p for p in got if p.endswith("/value")], got
+
+    # a request that needs a change still reads the values before deciding (the proof, the
+    # policy's usage rules): the upgrade's observation reads them once
+    (await control.delete("/_emulator/requests")).raise_for_status()
+    await story.request("starter")
+    out = await story.reconcile()
+    got = await reads(control)
+    assert out.status == "applied" and await story.value() == (3, 549_997)
+    assert sum(n for p, n in got.items() if p.endswith("/value")) >= 2  # before and after
+
+
 async def test_an_upgrade_is_four_store_writes_and_eight_reads(
     story: Story, rt: Runtime, control: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
