@@ -269,6 +269,12 @@ def _select_one(engine: Engine) -> None:
         conn.execute(sa.text("SELECT 1"))
 
 
+def _is_open(status: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """``status IN (open statuses)`` with the values as ordinary bound parameters: an ``in_``
+    list is an "expanding" parameter, rendered into the SQL again on every execution."""
+    return sa.or_(*(status == sa.bindparam(f"open_{s.value}", s.value) for s in OPEN_STATUSES))
+
+
 # Statements of the hot paths (a webhook's submit, a reconcile's claim), built once: SQLAlchemy
 # then only looks their compiled form up instead of building and hashing them per call.
 _Q_BY_SOURCE = sa.select(change_requests).where(
@@ -372,7 +378,7 @@ def _pg_accept() -> sa.Select[tuple[str]]:
         change_requests.update()
         .where(
             c.customer == values["customer"],
-            c.status.in_([s.value for s in OPEN_STATUSES]),
+            _is_open(c.status),
             c.id != values["id"],
         )
         .values(status=ChangeStatus.SUPERSEDED.value, updated_at=now)
@@ -408,7 +414,7 @@ _Q_SUPERSEDE_OPEN = (
     change_requests.update()
     .where(
         change_requests.c.customer == sa.bindparam("b_customer"),
-        change_requests.c.status.in_([s.value for s in OPEN_STATUSES]),
+        _is_open(change_requests.c.status),
         change_requests.c.id != sa.bindparam("b_id"),
     )
     .values(status=ChangeStatus.SUPERSEDED.value, updated_at=sa.bindparam("b_updated_at"))
