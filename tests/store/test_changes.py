@@ -277,15 +277,9 @@ async def test_concurrent_duplicate_webhooks(
 
 
 def _summary(change: ChangeRecord | None) -> DesiredSummary:
+    """What ``desired_summaries`` should answer for ``change`` (its fields of the same names)."""
     assert change is not None
-    return DesiredSummary(
-        id=change.id,
-        customer=change.customer,
-        plan_key=change.plan_key,
-        plan_version=change.plan_version,
-        status=change.status,
-        converges_at=change.converges_at,
-    )
+    return DesiredSummary(*(getattr(change, name) for name in DesiredSummary._fields))
 
 
 async def test_desired_summaries(store: Store) -> None:
