@@ -269,6 +269,31 @@ def _select_one(engine: Engine) -> None:
         conn.execute(sa.text("SELECT 1"))
 
 
+def _reschedule() -> sa.Update:
+    """A claim's next check, in one statement: ``b_at``, unless the row changed since the claim
+    read it (``version``: a request submitted meanwhile made it due) — then the earlier of the
+    two, and the row's own time when ``b_at`` is None (nothing due by the pass)."""
+    c = customers.c
+    at = sa.bindparam("b_at", type_=c.next_check_at.type)
+    return (
+        customers.update()
+        .where(c.customer == sa.bindparam("b_customer"))
+        .values(
+            next_check_at=sa.case(
+                (sa.or_(c.version == sa.bindparam("b_version"), c.next_check_at.is_(None)), at),
+                (at.is_(None), c.next_check_at),
+                (at < c.next_check_at, at),
+                else_=c.next_check_at,
+            ),
+            updated_at=sa.bindparam("b_now", type_=c.updated_at.type),
+        )
+        .returning(c.next_check_at)
+    )
+
+
+_Q_RESCHEDULE = _reschedule()
+
+
 def _is_open(status: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
     """``status IN (open statuses)`` with the values as ordinary bound parameters: an ``in_``
     list is an "expanding" parameter, rendered into the SQL again on every execution."""
@@ -533,22 +558,17 @@ class Claim:
         async def op(conn: AsyncConnection) -> None:
             row = (
                 await conn.execute(
-                    sa.select(customers.c.version, customers.c.next_check_at).where(
-                        customers.c.customer == self.customer
-                    )
+                    _Q_RESCHEDULE,
+                    {
+                        "b_customer": self.customer,
+                        "b_version": self._version,
+                        "b_at": at_utc,
+                        "b_now": now,
+                    },
                 )
             ).first()
-            if row is None:
-                return
-            target = at_utc
-            if row.version != self._version and row.next_check_at is not None:
-                target = row.next_check_at if at_utc is None else min(at_utc, row.next_check_at)
-            await conn.execute(
-                customers.update()
-                .where(customers.c.customer == self.customer)
-                .values(next_check_at=target, updated_at=now)
-            )
-            self.next_check_at = target
+            if row is not None:
+                self.next_check_at = row.next_check_at
 
         return op
 

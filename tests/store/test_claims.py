@@ -114,6 +114,36 @@ async def test_request_arriving_during_claim_is_not_lost(store: Store) -> None:
     assert desired is not None and desired.plan_key == "pro"
 
 
+async def test_reschedule_after_a_request_arrived_keeps_the_earlier_time(store: Store) -> None:
+    """A reschedule meeting a request submitted during the pass, which made the customer due at
+    its arrival (T0 + 1 h; a task spawned inside the claim, as a webhook handler on SQLite or a
+    routed submit on PostgreSQL): nothing due by the pass keeps the request's time, a later
+    time keeps it too, an earlier one wins. Without a request meanwhile the pass's time is
+    taken as given, None included."""
+    await store.submit_change("acme", "basic", None, T0, "webhook", "w0", T0)
+    for n, (at, earlier) in enumerate(
+        [(None, T0 + H), (T0 + 24 * H, T0 + H), (T0 + H / 2, T0 + H / 2)], start=1
+    ):
+        async with store.claim("acme") as claim:
+            assert claim is not None
+            done = asyncio.create_task(
+                store.submit_change("acme", "pro", None, T0 + n * H, "webhook", f"w{n}", T0 + H)
+            )
+            await asyncio.sleep(0.2)
+            await claim.reschedule(at)
+            assert claim.next_check_at == earlier, n
+        await asyncio.wait_for(done, 10)
+        row = await store.get_customer("acme")
+        assert row is not None and row.next_check_at == earlier, n
+    for at in (T0 + 48 * H, None):
+        async with store.claim("acme") as claim:
+            assert claim is not None
+            await claim.reschedule(at)
+            assert claim.next_check_at == at
+        row = await store.get_customer("acme")
+        assert row is not None and row.next_check_at == at
+
+
 @pytest.mark.postgres
 async def test_claims_exclusive_across_two_instances(
     pg_database: str, open_store: Callable[..., Awaitable[Store]]
