@@ -38,8 +38,6 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, exc
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -426,14 +424,16 @@ def _pg_accept() -> sa.Select[tuple[str]]:
 
 
 _Q_PG_ACCEPT = _pg_accept()
-#: by ``Store._sqlite``: create the customer's row unless it exists (the two dialects spell
-#: ``ON CONFLICT DO NOTHING`` with their own constructs).
-_Q_ENSURE_CUSTOMER = {
-    sqlite: dialect.insert(customers)
-    .values(customer=sa.bindparam("b_customer"), updated_at=sa.bindparam("b_updated_at"), version=0)
-    .on_conflict_do_nothing(index_elements=["customer"])
-    for sqlite, dialect in ((True, sqlite_dialect), (False, pg_dialect))
-}
+#: Create the customer's row unless it exists. Written as text: the dialects' ``ON CONFLICT``
+#: insert constructs have no cache key, so SQLAlchemy compiled them again on every call (a
+#: webhook for a new customer). Both databases accept this spelling.
+_Q_ENSURE_CUSTOMER = sa.text(
+    "INSERT INTO customers (customer, version, updated_at) "
+    "VALUES (:b_customer, 0, :b_updated_at) ON CONFLICT (customer) DO NOTHING"
+).bindparams(
+    sa.bindparam("b_customer", type_=customers.c.customer.type),
+    sa.bindparam("b_updated_at", type_=customers.c.updated_at.type),
+)
 _Q_INSERT_CHANGE = change_requests.insert()
 _Q_SUPERSEDE_OPEN = (
     change_requests.update()
@@ -966,9 +966,7 @@ class Store:
         return (_HELD_CLAIMS.get() or {}).get((id(self), customer))
 
     async def _ensure_customer(self, conn: AsyncConnection, customer: str, now: datetime) -> None:
-        await conn.execute(
-            _Q_ENSURE_CUSTOMER[self._sqlite], {"b_customer": customer, "b_updated_at": now}
-        )
+        await conn.execute(_Q_ENSURE_CUSTOMER, {"b_customer": customer, "b_updated_at": now})
 
     # -- change requests ----------------------------------------------------------------------
 
