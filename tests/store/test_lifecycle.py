@@ -91,20 +91,22 @@ async def test_second_sqlite_instance_is_refused(tmp_path: Path, clock: Clock) -
     await again.close()
 
 
-async def test_sqlite_wal_and_foreign_keys(tmp_path: Path, clock: Clock) -> None:
+async def test_sqlite_wal_full_sync_and_foreign_keys(tmp_path: Path, clock: Clock) -> None:
     db = tmp_path / "w.db"
     s = await Store.open(f"sqlite:///{db}", instance_id="w", clock=clock)
     try:
         await s.migrate()
 
-        async def pragmas(conn: Any) -> tuple[Any, Any, Any]:
+        async def pragmas(conn: Any) -> tuple[Any, Any, Any, Any]:
             mode = (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar()
             fks = (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar()
             busy = (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar()
-            return mode, fks, busy
+            sync = (await conn.execute(sa.text("PRAGMA synchronous"))).scalar()
+            return mode, fks, busy, sync
 
-        mode, fks, busy = await s._tx(pragmas, write=False)
+        mode, fks, busy, sync = await s._tx(pragmas, write=False)
         assert (mode, fks) == ("wal", 1)
+        assert sync == 2  # FULL: every commit is synced (durable across a power loss)
         assert busy == 5000
     finally:
         await s.close()
