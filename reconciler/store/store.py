@@ -1392,9 +1392,13 @@ class Store:
         record = None
         if values is not None or events or rows or (inline and claim_ops):
             record = await self._tx(op, write=True)
-        if claim is not None and not inline:
-            for claim_op in claim_ops:
-                await claim._run(claim_op)
+        if claim is not None and not inline and claim_ops:
+
+            async def claim_writes(conn: AsyncConnection) -> None:
+                for claim_op in claim_ops:
+                    await claim_op(conn)
+
+            await claim._run(claim_writes)  # one savepoint for the step's customer-row writes
         return record
 
     async def count_changes_by_status(self) -> dict[str, int]:

@@ -144,6 +144,42 @@ async def test_reschedule_after_a_request_arrived_keeps_the_earlier_time(store: 
         assert row is not None and row.next_check_at == at
 
 
+async def test_a_steps_customer_row_writes_go_through_the_claim_together(store: Store) -> None:
+    """``commit`` with a resolved id and a next check: both land on the customer's row (on
+    PostgreSQL through the claim's connection, in one savepoint, committed with the claim)."""
+    from sqlalchemy import event
+
+    change = (await store.submit_change("acme", "pro", None, T0, "webhook", "w", T0)).change
+    statements: list[str] = []
+    engine = None if store.dialect == "sqlite" else store._pg.sync_engine
+    if engine is not None:
+
+        def seen(_c: object, _cur: object, statement: str, *_args: object) -> None:
+            statements.append(statement.split()[0].upper())
+
+        event.listen(engine, "before_cursor_execute", seen)
+    try:
+        async with store.claim("acme") as claim:
+            assert claim is not None and claim.customer_id is None
+            await store.commit(
+                change.id,
+                fields={"status": "converged"},
+                claim=claim,
+                customer_id="01JQ8Z6V2X3Y4Z5A6B7C8D9CST",
+                reschedule=T0 + 24 * H,
+            )
+            assert claim.customer_id == "01JQ8Z6V2X3Y4Z5A6B7C8D9CST"
+            assert claim.next_check_at == T0 + 24 * H
+    finally:
+        if engine is not None:
+            event.remove(engine, "before_cursor_execute", seen)
+    row = await store.get_customer("acme")
+    assert row is not None
+    assert (row.customer_id, row.next_check_at) == ("01JQ8Z6V2X3Y4Z5A6B7C8D9CST", T0 + 24 * H)
+    if engine is not None:
+        assert statements.count("SAVEPOINT") == 1, statements
+
+
 @pytest.mark.postgres
 async def test_claims_exclusive_across_two_instances(
     pg_database: str, open_store: Callable[..., Awaitable[Store]]
