@@ -300,10 +300,6 @@ def _is_open(status: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
 
 # Statements of the hot paths (a webhook's submit, a reconcile's claim), built once: SQLAlchemy
 # then only looks their compiled form up instead of building and hashing them per call.
-_Q_BY_SOURCE = sa.select(change_requests).where(
-    change_requests.c.source == sa.bindparam("b_source"),
-    change_requests.c.source_id == sa.bindparam("b_source_id"),
-)
 _Q_CHANGE_BY_ID = sa.select(change_requests).where(change_requests.c.id == sa.bindparam("b_id"))
 #: A sweep page's desired states: the reference, then ``DesiredSummary``'s columns in order.
 _Q_DESIRED_SUMMARIES = (
@@ -320,17 +316,28 @@ _Q_DESIRED_SUMMARIES = (
     .where(customers.c.customer.in_(sa.bindparam("b_refs", expanding=True)))
 )
 _Q_CUSTOMER = sa.select(customers).where(customers.c.customer == sa.bindparam("b_customer"))
-#: SQLite: the customer and its desired request's time in one read (the transaction began
-#: IMMEDIATE, nothing else commits meanwhile).
-_Q_SUBMIT_CUSTOMER = (
-    sa.select(
-        customers.c.customer_id,
-        change_requests.c.requested_at.label("desired_requested_at"),
+#: The customer's desired request, joined beside the request being looked up.
+_desired = change_requests.alias("desired")
+#: SQLite, in one read (the transaction began IMMEDIATE: nothing commits meanwhile): the request
+#: already stored under (source, source_id) if any (its columns, else NULLs), whether the
+#: customer's row exists, its resolved id and the time of its desired request.
+_Q_SQLITE_SUBMIT_READ = sa.select(
+    change_requests,
+    customers.c.customer.label("known_customer"),
+    customers.c.customer_id.label("known_customer_id"),
+    _desired.c.requested_at.label("desired_requested_at"),
+).select_from(
+    sa.select(sa.literal(1).label("one"))
+    .subquery("one")
+    .outerjoin(
+        change_requests,
+        sa.and_(
+            change_requests.c.source == sa.bindparam("b_source"),
+            change_requests.c.source_id == sa.bindparam("b_source_id"),
+        ),
     )
-    .select_from(
-        customers.outerjoin(change_requests, change_requests.c.id == customers.c.desired_change_id)
-    )
-    .where(customers.c.customer == sa.bindparam("b_customer"))
+    .outerjoin(customers, customers.c.customer == sa.bindparam("b_customer"))
+    .outerjoin(_desired, _desired.c.id == customers.c.desired_change_id)
 )
 #: PostgreSQL: lock the customer's row first (a customer's submits are serialised on it), then
 #: read in a fresh statement (``_Q_PG_AFTER_LOCK``), which sees what the lock waited for.
@@ -347,7 +354,6 @@ _Q_CLAIM_CUSTOMER = (
 )
 #: PostgreSQL, after the lock, in one fresh statement: the request already stored under
 #: (source, source_id) if any (its columns, else NULLs) and the time of the desired request.
-_desired = change_requests.alias("desired")
 _Q_PG_AFTER_LOCK = sa.select(
     change_requests,
     sa.select(_desired.c.requested_at)
@@ -998,16 +1004,21 @@ class Store:
 
         async def op(conn: AsyncConnection) -> SubmitResult:
             if self._sqlite:  # the transaction began IMMEDIATE: nothing commits meanwhile
-                if source_id is not None:
-                    existing = await self._by_source(conn, src, source_id)
-                    if existing is not None:
-                        return SubmitResult(existing, created=False)
-                cust = await self._submit_customer(conn, customer)
-                if cust is None:
+                seen = (
+                    await conn.execute(
+                        _Q_SQLITE_SUBMIT_READ,
+                        {
+                            "b_source": src.value,
+                            "b_source_id": source_id,
+                            "b_customer": customer,
+                        },
+                    )
+                ).one()
+                if seen.id is not None:
+                    return SubmitResult(_change(seen), created=False)
+                cust_id, desired_at = seen.known_customer_id, seen.desired_requested_at
+                if seen.known_customer is None:
                     await self._ensure_customer(conn, customer, now)
-                    cust = await self._submit_customer(conn, customer)
-                    assert cust is not None
-                cust_id, desired_at = cust
             else:
                 # Lock the customer's row first (its submits are serialised on it), then read
                 # in a fresh statement, which sees whatever the lock waited for: a twin of
@@ -1133,21 +1144,6 @@ class Store:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    async def _submit_customer(
-        self, conn: AsyncConnection, customer: str
-    ) -> tuple[str | None, datetime | None] | None:
-        """SQLite: (customer_id, desired request's requested_at) of an existing customer row."""
-        row = (await conn.execute(_Q_SUBMIT_CUSTOMER, {"b_customer": customer})).first()
-        return None if row is None else (row.customer_id, row.desired_requested_at)
-
-    async def _by_source(
-        self, conn: AsyncConnection, source: ChangeSource, source_id: str
-    ) -> ChangeRecord | None:
-        row = (
-            await conn.execute(_Q_BY_SOURCE, {"b_source": source.value, "b_source_id": source_id})
-        ).first()
-        return _change(row) if row is not None else None
 
     async def _get_change(self, conn: AsyncConnection, change_id: str) -> ChangeRecord | None:
         row = (await conn.execute(_Q_CHANGE_BY_ID, {"b_id": change_id})).first()
