@@ -24,6 +24,15 @@ def test_sweep_smoke() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
+def test_sweep_managed_smoke_on_postgresql() -> None:
+    """Every customer managed and in sync (the store seeded first), on PostgreSQL."""
+    out = sweep.run(1_200, rounds=1, db="postgres", managed=True)
+    assert out["sweep_counts"] == {"in_sync": 1_200}
+    assert out["store_seed_s"] is not None and out["ratio_bare_over_sweep"] > 0
+
+
+@pytest.mark.slow
 def test_intake_smoke() -> None:
     out = intake.run([1, 4], 40, ["sqlite"], customers=20, log_level="WARNING")
     for row in out["sqlite"]:
