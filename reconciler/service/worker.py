@@ -497,12 +497,8 @@ class Worker:
         store = self.rt.store
         batch = list(batch)
         # One store round trip per page, not one per customer (the no-op sweep's hot path).
-        # Desired state is stored under the reference its request used: the key, as a rule; the
-        # customers not found by key are looked up by id (a second query only when needed).
-        known = await store.desired_summaries(c.key for c in batch if c.key)
-        by_id = [c.id for c in batch if c.id and (not c.key or c.key not in known)]
-        if by_id:
-            known.update(await store.desired_summaries(by_id))
+        # By key, and by id for the customers their keys did not find: one transaction.
+        known = await store.desired_summaries((c.key, c.id) for c in batch)
         check_sem = asyncio.Semaphore(self.concurrency)
         page_counts: dict[str, int] = {}
 

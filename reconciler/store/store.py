@@ -38,6 +38,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, exc
+from sqlalchemy.dialects.postgresql import ARRAY as pg_ARRAY
 from sqlalchemy.engine import URL, Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -174,6 +175,22 @@ class _Mapper(Generic[R]):
         return self.cls(**out)
 
 
+_TO_STATUS = _enum_lookup(ChangeStatus)
+
+
+async def _read_summaries(
+    conn: AsyncConnection, refs: list[str], out: dict[str, DesiredSummary], *, postgresql: bool
+) -> None:
+    """Add the desired-state summaries of ``refs`` to ``out`` (one query per 500)."""
+    query = _Q_DESIRED_SUMMARIES[postgresql]
+    for i in range(0, len(refs), 500):
+        rows = await conn.execute(query, {"b_refs": refs[i : i + 500]})
+        for ref, id_, customer, plan_key, plan_version, status, converges_at in rows:
+            out[ref] = DesiredSummary(
+                id_, customer, plan_key, plan_version, _TO_STATUS(status), converges_at
+            )
+
+
 def _optional_enum(enum: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: enum(v) if v else None
 
@@ -301,20 +318,34 @@ def _is_open(status: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
 # Statements of the hot paths (a webhook's submit, a reconcile's claim), built once: SQLAlchemy
 # then only looks their compiled form up instead of building and hashing them per call.
 _Q_CHANGE_BY_ID = sa.select(change_requests).where(change_requests.c.id == sa.bindparam("b_id"))
+
+
 #: A sweep page's desired states: the reference, then ``DesiredSummary``'s columns in order.
-_Q_DESIRED_SUMMARIES = (
-    sa.select(
-        customers.c.customer.label("desired_ref"),
-        change_requests.c.id,
-        change_requests.c.customer,
-        change_requests.c.plan_key,
-        change_requests.c.plan_version,
-        change_requests.c.status,
-        change_requests.c.converges_at,
+def _desired_summaries(postgresql: bool) -> sa.Select[Any]:
+    c = customers.c.customer
+    refs = (
+        # one array parameter: bound and prepared once, not 500 parameters rendered each time
+        c == sa.any_(sa.bindparam("b_refs", type_=pg_ARRAY(sa.Text())))
+        if postgresql
+        else c.in_(sa.bindparam("b_refs", expanding=True))
     )
-    .join(customers, customers.c.desired_change_id == change_requests.c.id)
-    .where(customers.c.customer.in_(sa.bindparam("b_refs", expanding=True)))
-)
+    return (
+        sa.select(
+            customers.c.customer.label("desired_ref"),
+            change_requests.c.id,
+            change_requests.c.customer,
+            change_requests.c.plan_key,
+            change_requests.c.plan_version,
+            change_requests.c.status,
+            change_requests.c.converges_at,
+        )
+        .join(customers, customers.c.desired_change_id == change_requests.c.id)
+        .where(refs)
+    )
+
+
+#: by "is PostgreSQL"
+_Q_DESIRED_SUMMARIES = {pg: _desired_summaries(pg) for pg in (False, True)}
 _Q_CUSTOMER = sa.select(customers).where(customers.c.customer == sa.bindparam("b_customer"))
 #: The customer's desired request, joined beside the request being looked up.
 _desired = change_requests.alias("desired")
@@ -1201,24 +1232,23 @@ class Store:
             return row, None
         return row, await self._get_change(conn, row.desired_change_id)
 
-    async def desired_summaries(self, refs: Iterable[str]) -> dict[str, DesiredSummary]:
-        """What a sweep checks of many customers' desired requests, in one transaction (one
-        ``IN`` query per 500 references) instead of one transaction per customer. Keyed by the
-        reference given; references without desired state are absent."""
-        wanted = list(dict.fromkeys(refs))
-        if not wanted:
-            return {}
-
-        to_status = _enum_lookup(ChangeStatus)
+    async def desired_summaries(
+        self, listed: Iterable[tuple[str | None, str | None]]
+    ) -> dict[str, DesiredSummary]:
+        """What a sweep checks of the desired requests of a page of listed customers, given as
+        (key, OpenMeter id), in one transaction (one ``IN`` query per 500 references) instead
+        of one per customer. Desired state is stored under the reference its request used, the
+        key as a rule: each customer is looked up by key and, when that finds nothing, by id.
+        Keyed by the reference that matched; customers without desired state are absent."""
+        pairs = list(listed)
 
         async def op(conn: AsyncConnection) -> dict[str, DesiredSummary]:
             out: dict[str, DesiredSummary] = {}
-            for i in range(0, len(wanted), 500):
-                rows = await conn.execute(_Q_DESIRED_SUMMARIES, {"b_refs": wanted[i : i + 500]})
-                for ref, id_, customer, plan_key, plan_version, status, converges_at in rows:
-                    out[ref] = DesiredSummary(
-                        id_, customer, plan_key, plan_version, to_status(status), converges_at
-                    )
+            pg = not self._sqlite
+            keys = list(dict.fromkeys(k for k, _ in pairs if k))
+            await _read_summaries(conn, keys, out, postgresql=pg)
+            ids = [i for k, i in pairs if i and (not k or k not in out)]
+            await _read_summaries(conn, list(dict.fromkeys(ids)), out, postgresql=pg)
             return out
 
         return await self._tx(op, write=False)

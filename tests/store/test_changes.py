@@ -288,10 +288,24 @@ async def test_desired_summaries(store: Store) -> None:
     b2 = (await store.submit_change("b", "pro", None, T0 + H, "webhook", "3", T0)).change
     await store.schedule_customer("no-desired", T0)
     await store.update_change(b2.id, status=ChangeStatus.SCHEDULED, converges_at=T0 + 2 * H)
-    got = await store.desired_summaries(["a", "b", "b", "no-desired", "unknown"])
+    got = await store.desired_summaries(
+        [("a", None), ("b", None), ("b", None), ("no-desired", None), ("unknown", None)]
+    )
     assert got == {"a": _summary(a), "b": _summary(await store.get_change(b2.id))}
     assert got["b"].status is ChangeStatus.SCHEDULED and got["b"].converges_at == T0 + 2 * H
     assert b1.id not in {c.id for c in got.values()}
     assert await store.desired_summaries([]) == {}
-    many = [f"x{i}" for i in range(1200)]  # more than one IN chunk
+    many = [(f"x{i}", f"y{i}") for i in range(1200)]  # more than one IN chunk, twice
     assert await store.desired_summaries(many) == {}
+
+
+async def test_desired_summaries_of_listed_customers_by_key_then_id(store: Store) -> None:
+    """A sweep page: each customer by key, and by OpenMeter id when its key finds nothing."""
+    a = (await store.submit_change("a", "pro", None, T0, "webhook", "1", T0)).change
+    b = (await store.submit_change("01B", "basic", None, T0, "webhook", "2", T0)).change
+    c = (await store.submit_change("01C", "pro", None, T0, "webhook", "3", T0)).change
+    got = await store.desired_summaries(
+        [("a", "01A"), ("b", "01B"), (None, "01C"), ("x", "01X"), (None, None)]
+    )
+    assert got == {"a": _summary(a), "01B": _summary(b), "01C": _summary(c)}
+    assert await store.desired_summaries([]) == {}
