@@ -349,15 +349,9 @@ _Q_DESIRED_SUMMARIES = {pg: _desired_summaries(pg) for pg in (False, True)}
 _Q_CUSTOMER = sa.select(customers).where(customers.c.customer == sa.bindparam("b_customer"))
 #: The customer's desired request, joined beside the request being looked up.
 _desired = change_requests.alias("desired")
-#: SQLite, in one read (the transaction began IMMEDIATE: nothing commits meanwhile): the request
-#: already stored under (source, source_id) if any (its columns, else NULLs), whether the
-#: customer's row exists, its resolved id and the time of its desired request.
-_Q_SQLITE_SUBMIT_READ = sa.select(
-    change_requests,
-    customers.c.customer.label("known_customer"),
-    customers.c.customer_id.label("known_customer_id"),
-    _desired.c.requested_at.label("desired_requested_at"),
-).select_from(
+#: Always one row: the request stored under (source, source_id) — a twin of the one being
+#: submitted — or NULLs; the submit's reads join what else they need beside it.
+_TWIN = (
     sa.select(sa.literal(1).label("one"))
     .subquery("one")
     .outerjoin(
@@ -367,8 +361,19 @@ _Q_SQLITE_SUBMIT_READ = sa.select(
             change_requests.c.source_id == sa.bindparam("b_source_id"),
         ),
     )
-    .outerjoin(customers, customers.c.customer == sa.bindparam("b_customer"))
-    .outerjoin(_desired, _desired.c.id == customers.c.desired_change_id)
+)
+#: SQLite, in one read (the transaction began IMMEDIATE: nothing commits meanwhile): the request
+#: already stored under (source, source_id) if any (its columns, else NULLs), whether the
+#: customer's row exists, its resolved id and the time of its desired request.
+_Q_SQLITE_SUBMIT_READ = sa.select(
+    change_requests,
+    customers.c.customer.label("known_customer"),
+    customers.c.customer_id.label("known_customer_id"),
+    _desired.c.requested_at.label("desired_requested_at"),
+).select_from(
+    _TWIN.outerjoin(customers, customers.c.customer == sa.bindparam("b_customer")).outerjoin(
+        _desired, _desired.c.id == customers.c.desired_change_id
+    )
 )
 #: PostgreSQL: lock the customer's row first (a customer's submits are serialised on it), then
 #: read in a fresh statement (``_Q_PG_AFTER_LOCK``), which sees what the lock waited for.
@@ -391,17 +396,7 @@ _Q_PG_AFTER_LOCK = sa.select(
     .where(_desired.c.id == sa.bindparam("b_desired_id"))
     .scalar_subquery()
     .label("desired_requested_at"),
-).select_from(
-    sa.select(sa.literal(1).label("one"))
-    .subquery("one")
-    .outerjoin(
-        change_requests,
-        sa.and_(
-            change_requests.c.source == sa.bindparam("b_source"),
-            change_requests.c.source_id == sa.bindparam("b_source_id"),
-        ),
-    )
-)
+).select_from(_TWIN)
 _ACCEPT_COLUMNS = (
     "id",
     "customer",
