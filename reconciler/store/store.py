@@ -175,22 +175,6 @@ class _Mapper(Generic[R]):
         return self.cls(**out)
 
 
-_TO_STATUS = _enum_lookup(ChangeStatus)
-
-
-async def _read_summaries(
-    conn: AsyncConnection, refs: list[str], out: dict[str, DesiredSummary], *, postgresql: bool
-) -> None:
-    """Add the desired-state summaries of ``refs`` to ``out`` (one query per 500)."""
-    query = _Q_DESIRED_SUMMARIES[postgresql]
-    for i in range(0, len(refs), 500):
-        rows = await conn.execute(query, {"b_refs": refs[i : i + 500]})
-        for ref, id_, customer, plan_key, plan_version, status, converges_at in rows:
-            out[ref] = DesiredSummary(
-                id_, customer, plan_key, plan_version, _TO_STATUS(status), converges_at
-            )
-
-
 def _optional_enum(enum: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: enum(v) if v else None
 
@@ -346,6 +330,24 @@ def _desired_summaries(postgresql: bool) -> sa.Select[Any]:
 
 #: by "is PostgreSQL"
 _Q_DESIRED_SUMMARIES = {pg: _desired_summaries(pg) for pg in (False, True)}
+
+
+_TO_STATUS = _enum_lookup(ChangeStatus)
+
+
+async def _read_summaries(
+    conn: AsyncConnection, refs: list[str], out: dict[str, DesiredSummary], *, postgresql: bool
+) -> None:
+    """Add the desired-state summaries of ``refs`` to ``out`` (one query per 500)."""
+    query = _Q_DESIRED_SUMMARIES[postgresql]
+    for i in range(0, len(refs), 500):
+        rows = await conn.execute(query, {"b_refs": refs[i : i + 500]})
+        for ref, id_, customer, plan_key, plan_version, status, converges_at in rows:
+            out[ref] = DesiredSummary(
+                id_, customer, plan_key, plan_version, _TO_STATUS(status), converges_at
+            )
+
+
 _Q_CUSTOMER = sa.select(customers).where(customers.c.customer == sa.bindparam("b_customer"))
 #: The customer's desired request, joined beside the request being looked up.
 _desired = change_requests.alias("desired")
@@ -410,6 +412,32 @@ _ACCEPT_COLUMNS = (
 )
 
 
+def _supersede_others(customer: Any, keep: Any, now: Any) -> sa.Update:
+    """Supersede the customer's open requests other than ``keep``; returns their ids."""
+    c = change_requests.c
+    return (
+        change_requests.update()
+        .where(c.customer == customer, _is_open(c.status), c.id != keep)
+        .values(status=ChangeStatus.SUPERSEDED.value, updated_at=now)
+        .returning(c.id)
+    )
+
+
+def _point_customer(customer: Any, change_id: Any, customer_id: Any, now: Any) -> sa.Update:
+    """Make ``change_id`` the customer's desired request, due now."""
+    return (
+        customers.update()
+        .where(customers.c.customer == customer)
+        .values(
+            desired_change_id=change_id,
+            next_check_at=now,
+            customer_id=customer_id,
+            version=customers.c.version + 1,
+            updated_at=now,
+        )
+    )
+
+
 def _pg_accept() -> sa.Select[tuple[str]]:
     """PostgreSQL: store a request that becomes the desired one in a single statement (its
     parts run as data-modifying CTEs on one snapshot): insert it, supersede the customer's
@@ -429,28 +457,9 @@ def _pg_accept() -> sa.Select[tuple[str]]:
         )
         .cte("accepted")
     )
-    supersede = (
-        change_requests.update()
-        .where(
-            c.customer == values["customer"],
-            _is_open(c.status),
-            c.id != values["id"],
-        )
-        .values(status=ChangeStatus.SUPERSEDED.value, updated_at=now)
-        .returning(c.id)
-        .cte("superseded")
-    )
-    desired = (
-        customers.update()
-        .where(customers.c.customer == values["customer"])
-        .values(
-            desired_change_id=values["id"],
-            next_check_at=now,
-            customer_id=values["customer_id"],
-            version=customers.c.version + 1,
-            updated_at=now,
-        )
-        .cte("desired")
+    supersede = _supersede_others(values["customer"], values["id"], now).cte("superseded")
+    desired = _point_customer(values["customer"], values["id"], values["customer_id"], now).cte(
+        "desired"
     )
     return sa.select(supersede.c.id).add_cte(insert, desired)
 
@@ -467,26 +476,14 @@ _Q_ENSURE_CUSTOMER = sa.text(
     sa.bindparam("b_updated_at", type_=customers.c.updated_at.type),
 )
 _Q_INSERT_CHANGE = change_requests.insert()
-_Q_SUPERSEDE_OPEN = (
-    change_requests.update()
-    .where(
-        change_requests.c.customer == sa.bindparam("b_customer"),
-        _is_open(change_requests.c.status),
-        change_requests.c.id != sa.bindparam("b_id"),
-    )
-    .values(status=ChangeStatus.SUPERSEDED.value, updated_at=sa.bindparam("b_updated_at"))
-    .returning(change_requests.c.id)
+_Q_SUPERSEDE_OPEN = _supersede_others(
+    sa.bindparam("b_customer"), sa.bindparam("b_id"), sa.bindparam("b_now")
 )
-_Q_MAKE_DESIRED = (
-    customers.update()
-    .where(customers.c.customer == sa.bindparam("b_customer"))
-    .values(
-        desired_change_id=sa.bindparam("b_desired_change_id"),
-        next_check_at=sa.bindparam("b_next_check_at"),
-        customer_id=sa.bindparam("b_customer_id"),
-        version=customers.c.version + 1,
-        updated_at=sa.bindparam("b_updated_at"),
-    )
+_Q_MAKE_DESIRED = _point_customer(
+    sa.bindparam("b_customer"),
+    sa.bindparam("b_id"),
+    sa.bindparam("b_customer_id"),
+    sa.bindparam("b_now"),
 )
 
 
@@ -1135,7 +1132,7 @@ class Store:
                 ids = (
                     await conn.execute(
                         _Q_SUPERSEDE_OPEN,
-                        {"b_customer": customer, "b_id": change_id, "b_updated_at": now},
+                        {"b_customer": customer, "b_id": change_id, "b_now": now},
                     )
                 ).scalars()
                 superseded = tuple(sorted(ids))
@@ -1143,10 +1140,9 @@ class Store:
                     _Q_MAKE_DESIRED,
                     {
                         "b_customer": customer,
-                        "b_desired_change_id": change_id,
-                        "b_next_check_at": now,
+                        "b_id": change_id,
                         "b_customer_id": record.customer_id,
-                        "b_updated_at": now,
+                        "b_now": now,
                     },
                 )
             elif customer_id and not cust_id:
@@ -1231,8 +1227,8 @@ class Store:
         self, listed: Iterable[tuple[str | None, str | None]]
     ) -> dict[str, DesiredSummary]:
         """What a sweep checks of the desired requests of a page of listed customers, given as
-        (key, OpenMeter id), in one transaction (one ``IN`` query per 500 references) instead
-        of one per customer. Desired state is stored under the reference its request used, the
+        (key, OpenMeter id), in one transaction (a query per 500 references) instead of one
+        per customer. Desired state is stored under the reference its request used, the
         key as a rule: each customer is looked up by key and, when that finds nothing, by id.
         Keyed by the reference that matched; customers without desired state are absent."""
         pairs = list(listed)
