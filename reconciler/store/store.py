@@ -377,94 +377,35 @@ _Q_SQLITE_SUBMIT_READ = sa.select(
         _desired, _desired.c.id == customers.c.desired_change_id
     )
 )
-#: PostgreSQL: lock the customer's row first (a customer's submits are serialised on it), then
-#: read in a fresh statement (``_Q_PG_AFTER_LOCK``), which sees what the lock waited for.
-_Q_LOCK_CUSTOMER = (
-    sa.select(customers.c.customer_id, customers.c.desired_change_id)
-    .where(customers.c.customer == sa.bindparam("b_customer"))
-    .with_for_update()
-)
 #: PostgreSQL: a reconcile's claim, a row lock kept for the pass (None: missing, or held).
 _Q_CLAIM_CUSTOMER = (
     sa.select(customers)
     .where(customers.c.customer == sa.bindparam("b_customer"))
     .with_for_update(skip_locked=True)
 )
-#: PostgreSQL, after the lock, in one fresh statement: the request already stored under
-#: (source, source_id) if any (its columns, else NULLs) and the time of the desired request.
-_Q_PG_AFTER_LOCK = sa.select(
-    change_requests,
-    sa.select(_desired.c.requested_at)
-    .where(_desired.c.id == sa.bindparam("b_desired_id"))
-    .scalar_subquery()
-    .label("desired_requested_at"),
-).select_from(_TWIN)
-_ACCEPT_COLUMNS = (
-    "id",
-    "customer",
-    "customer_id",
-    "plan_key",
-    "plan_version",
-    "requested_at",
-    "source",
-    "source_id",
-    "details",
-)
 
 
-def _supersede_others(customer: Any, keep: Any, now: Any) -> sa.Update:
-    """Supersede the customer's open requests other than ``keep``; returns their ids."""
+def _pg_submit() -> sa.TextualSelect:
+    """PostgreSQL: the whole submit in one statement, the function ``reconciler_submit_change``
+    (Alembic revision 0003). Its rows: the request (the twin stored earlier under the same
+    (source, source_id), or the new row), then the requests it superseded."""
     c = change_requests.c
     return (
-        change_requests.update()
-        .where(c.customer == customer, _is_open(c.status), c.id != keep)
-        .values(status=ChangeStatus.SUPERSEDED.value, updated_at=now)
-        .returning(c.id)
-    )
-
-
-def _point_customer(customer: Any, change_id: Any, customer_id: Any, now: Any) -> sa.Update:
-    """Make ``change_id`` the customer's desired request, due now."""
-    return (
-        customers.update()
-        .where(customers.c.customer == customer)
-        .values(
-            desired_change_id=change_id,
-            next_check_at=now,
-            customer_id=customer_id,
-            version=customers.c.version + 1,
-            updated_at=now,
+        sa.text(
+            "SELECT * FROM reconciler_submit_change(:b_id, :b_customer, :b_customer_id, "
+            ":b_plan_key, CAST(:b_plan_version AS integer), :b_requested_at, :b_source, "
+            ":b_source_id, :b_details, :b_now)"
         )
-    )
-
-
-def _pg_accept() -> sa.Select[tuple[str]]:
-    """PostgreSQL: store a request that becomes the desired one in a single statement (its
-    parts run as data-modifying CTEs on one snapshot): insert it, supersede the customer's
-    other open requests (their ids are the result) and point the customer at it. Parameters:
-    ``b_<column>`` for the new row, ``b_now``."""
-    c = change_requests.c
-    now = sa.bindparam("b_now", type_=c.updated_at.type)
-    values: dict[str, Any] = {n: sa.bindparam(f"b_{n}", type_=c[n].type) for n in _ACCEPT_COLUMNS}
-    insert = (
-        change_requests.insert()
-        .values(
-            **values,
-            received_at=now,
-            updated_at=now,
-            status=ChangeStatus.PENDING.value,
-            attempts=0,
+        .bindparams(
+            sa.bindparam("b_requested_at", type_=c.requested_at.type),
+            sa.bindparam("b_details", type_=c.details.type),
+            sa.bindparam("b_now", type_=c.updated_at.type),
         )
-        .cte("accepted")
+        .columns(*c)
     )
-    supersede = _supersede_others(values["customer"], values["id"], now).cte("superseded")
-    desired = _point_customer(values["customer"], values["id"], values["customer_id"], now).cte(
-        "desired"
-    )
-    return sa.select(supersede.c.id).add_cte(insert, desired)
 
 
-_Q_PG_ACCEPT = _pg_accept()
+_Q_PG_SUBMIT = _pg_submit()
 #: Create the customer's row unless it exists. Written as text: the dialects' ``ON CONFLICT``
 #: insert constructs have no cache key, so SQLAlchemy compiled them again on every call (a
 #: webhook for a new customer). Both databases accept this spelling.
@@ -476,15 +417,31 @@ _Q_ENSURE_CUSTOMER = sa.text(
     sa.bindparam("b_updated_at", type_=customers.c.updated_at.type),
 )
 _Q_INSERT_CHANGE = change_requests.insert()
-_Q_SUPERSEDE_OPEN = _supersede_others(
-    sa.bindparam("b_customer"), sa.bindparam("b_id"), sa.bindparam("b_now")
+#: SQLite: supersede the customer's open requests other than ``b_id``; returns their ids.
+_Q_SUPERSEDE_OPEN = (
+    change_requests.update()
+    .where(
+        change_requests.c.customer == sa.bindparam("b_customer"),
+        _is_open(change_requests.c.status),
+        change_requests.c.id != sa.bindparam("b_id"),
+    )
+    .values(status=ChangeStatus.SUPERSEDED.value, updated_at=sa.bindparam("b_now"))
+    .returning(change_requests.c.id)
 )
-_Q_MAKE_DESIRED = _point_customer(
-    sa.bindparam("b_customer"),
-    sa.bindparam("b_id"),
-    sa.bindparam("b_customer_id"),
-    sa.bindparam("b_now"),
+_now = sa.bindparam("b_now", type_=customers.c.updated_at.type)
+#: SQLite: make ``b_id`` the customer's desired request, due now.
+_Q_MAKE_DESIRED = (
+    customers.update()
+    .where(customers.c.customer == sa.bindparam("b_customer"))
+    .values(
+        desired_change_id=sa.bindparam("b_id"),
+        next_check_at=_now,
+        customer_id=sa.bindparam("b_customer_id"),
+        version=customers.c.version + 1,
+        updated_at=_now,
+    )
 )
+del _now
 
 
 def _encode_cursor(kind: str, at: datetime, ident: str) -> str:
@@ -721,6 +678,7 @@ class Store:
         # transactions on threads were tried: several threads doing SQLAlchemy's Python work
         # took the GIL from the event loop, and 200 concurrent upgrades got slower.)
         self._async = engine if isinstance(engine, AsyncEngine) else None
+        self._autocommit: AsyncEngine | None = None  # PostgreSQL, made on first use
         self._sync = engine if isinstance(engine, Engine) else None
         self._db_thread = (
             ThreadPoolExecutor(1, thread_name_prefix="reconciler-sqlite")
@@ -842,6 +800,13 @@ class Store:
         assert self._async is not None, "PostgreSQL only"
         return self._async
 
+    @property
+    def _pg_autocommit(self) -> AsyncEngine:
+        """The same pool, its connections in autocommit while checked out."""
+        if self._autocommit is None:
+            self._autocommit = self._pg.execution_options(isolation_level="AUTOCOMMIT")
+        return self._autocommit
+
     async def _in_db_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """SQLite: run ``fn`` on the database thread."""
         if self._closed or self._db_thread is None:
@@ -917,11 +882,14 @@ class Store:
         *,
         write: bool,
         idempotent: bool = False,
+        autocommit: bool = False,
     ) -> T:
         """Run ``fn`` in one transaction, retrying transient faults a bounded number of times.
 
         A fault while committing a write is only retried when ``idempotent``; otherwise it is
-        reported as an ambiguous ``StoreUnavailable``.
+        reported as an ambiguous ``StoreUnavailable``. ``autocommit`` (PostgreSQL; ignored on
+        SQLite): ``fn`` runs a single statement, atomic on its own, without the BEGIN and COMMIT
+        round trips; any fault while it runs is one while committing.
         """
         if self._closed:
             raise StoreError("store is closed")
@@ -931,6 +899,10 @@ class Store:
             try:
                 if self._sync is not None:
                     return await self._in_db_thread(self._thread_tx, fn, write, committing)
+                if autocommit:
+                    async with self._pg_autocommit.connect() as conn:
+                        committing[0] = True
+                        return await fn(conn)
                 async with self._pg.connect() as conn, conn.begin():
                     result = await fn(conn)
                     committing[0] = True
@@ -1025,49 +997,38 @@ class Store:
         requested = _aware(requested_at, "requested_at")
         now = _aware(now, "now")
 
+        change_id = new_ulid()
+        if not self._sqlite:
+            return await self._submit_pg(
+                {
+                    "b_id": change_id,
+                    "b_customer": customer,
+                    "b_customer_id": customer_id or None,
+                    "b_plan_key": plan_key,
+                    "b_plan_version": plan_version,
+                    "b_requested_at": requested,
+                    "b_source": src.value,
+                    "b_source_id": source_id,
+                    "b_details": dict(details or {}),
+                    "b_now": now,
+                },
+                events,
+            )
+
         async def op(conn: AsyncConnection) -> SubmitResult:
-            if self._sqlite:  # the transaction began IMMEDIATE: nothing commits meanwhile
-                seen = (
-                    await conn.execute(
-                        _Q_SQLITE_SUBMIT_READ,
-                        {
-                            "b_source": src.value,
-                            "b_source_id": source_id,
-                            "b_customer": customer,
-                        },
-                    )
-                ).one()
-                if seen.id is not None:
-                    return SubmitResult(_change(seen), created=False)
-                cust_id, desired_at = seen.known_customer_id, seen.desired_requested_at
-                if seen.known_customer is None:
-                    await self._ensure_customer(conn, customer, now)
-            else:
-                # Lock the customer's row first (its submits are serialised on it), then read
-                # in a fresh statement, which sees whatever the lock waited for: a twin of
-                # this request, or a newer desired request.
-                locked = (await conn.execute(_Q_LOCK_CUSTOMER, {"b_customer": customer})).first()
-                if locked is None:
-                    await self._ensure_customer(conn, customer, now)
-                    locked = (
-                        await conn.execute(_Q_LOCK_CUSTOMER, {"b_customer": customer})
-                    ).first()
-                    assert locked is not None
-                seen = (
-                    await conn.execute(
-                        _Q_PG_AFTER_LOCK,
-                        {
-                            "b_source": src.value,
-                            "b_source_id": source_id,
-                            "b_desired_id": locked.desired_change_id,
-                        },
-                    )
-                ).one()
-                if seen.id is not None:
-                    return SubmitResult(_change(seen), created=False)
-                cust_id, desired_at = locked.customer_id, seen.desired_requested_at
+            # the transaction began IMMEDIATE: nothing commits meanwhile
+            seen = (
+                await conn.execute(
+                    _Q_SQLITE_SUBMIT_READ,
+                    {"b_source": src.value, "b_source_id": source_id, "b_customer": customer},
+                )
+            ).one()
+            if seen.id is not None:
+                return SubmitResult(_change(seen), created=False)
+            cust_id, desired_at = seen.known_customer_id, seen.desired_requested_at
+            if seen.known_customer is None:
+                await self._ensure_customer(conn, customer, now)
             stale = desired_at is not None and requested < desired_at
-            change_id = new_ulid()
             record = ChangeRecord(
                 id=change_id,
                 customer=customer,
@@ -1091,25 +1052,6 @@ class Store:
                 details=dict(details or {}),
             )
             superseded: tuple[str, ...] = ()
-            if not stale and not self._sqlite:  # one statement on PostgreSQL (_pg_accept)
-                result = await conn.execute(
-                    _Q_PG_ACCEPT,
-                    {
-                        "b_id": change_id,
-                        "b_customer": customer,
-                        "b_customer_id": record.customer_id,
-                        "b_plan_key": plan_key,
-                        "b_plan_version": plan_version,
-                        "b_requested_at": requested,
-                        "b_source": src.value,
-                        "b_source_id": source_id,
-                        "b_details": dict(record.details),
-                        "b_now": now,
-                    },
-                )
-                superseded = tuple(sorted(result.scalars()))
-                await self._write_events(conn, events, customer, change_id, now)
-                return SubmitResult(record, created=True, superseded_ids=superseded)
             await conn.execute(
                 _Q_INSERT_CHANGE,
                 {
@@ -1154,12 +1096,41 @@ class Store:
             await self._write_events(conn, events, customer, change_id, now)
             return SubmitResult(record, created=True, superseded_ids=superseded)
 
+        return await self._run_submit(customer, op, idempotent=source_id is not None)
+
+    async def _submit_pg(self, params: dict[str, Any], events: Sequence[NewEvent]) -> SubmitResult:
+        """PostgreSQL: one call of ``reconciler_submit_change`` (``_pg_submit``), then the events.
+        Without events and with a source id (a webhook), in autocommit: one round trip, and
+        safe to retry, since a retry finds the first attempt's row by its source id."""
+
+        async def op(conn: AsyncConnection) -> SubmitResult:
+            rows = (await conn.execute(_Q_PG_SUBMIT, params)).all()
+            request = _change(rows[0])
+            if request.id != params["b_id"]:
+                return SubmitResult(request, created=False)
+            await self._write_events(conn, events, request.customer, request.id, params["b_now"])
+            superseded = tuple(sorted(row.id for row in rows[1:]))
+            return SubmitResult(request, created=True, superseded_ids=superseded)
+
+        idempotent = params["b_source_id"] is not None
+        return await self._run_submit(
+            params["b_customer"], op, idempotent=idempotent, autocommit=idempotent and not events
+        )
+
+    async def _run_submit(
+        self,
+        customer: str,
+        op: Callable[[AsyncConnection], Awaitable[SubmitResult]],
+        *,
+        idempotent: bool,
+        autocommit: bool = False,
+    ) -> SubmitResult:
         claim = self._held_claim(customer)
         if claim is not None:
             return await claim._run(op)
         for attempt in range(3):
             try:
-                return await self._tx(op, write=True, idempotent=source_id is not None)
+                return await self._tx(op, write=True, idempotent=idempotent, autocommit=autocommit)
             except StoreConflictError:
                 # Two replicas inserted the same (source, source_id) or the same new customer at
                 # once: the retry sees the winner's row.

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from reconciler.domain.model import Direction, Timing
 from reconciler.store import (
+    OPEN_STATUSES,
     ChangeNotFoundError,
     ChangeRecord,
     ChangeSource,
@@ -103,6 +104,42 @@ async def test_newer_request_supersedes_open_ones_only(store: Store) -> None:
     d = await store.submit_change("acme", "pro", None, T0 + 2 * H, "webhook", "d", T0 + 3 * H)
     assert d.change.status is ChangeStatus.PENDING
     assert d.superseded_ids == (c.change.id,)
+
+
+@pytest.mark.parametrize("status", [s.value for s in ChangeStatus])
+async def test_a_newer_request_supersedes_exactly_the_open_statuses(
+    store: Store, status: str
+) -> None:
+    """Every open status, and only those (PostgreSQL's submit function lists them itself)."""
+    old = (await store.submit_change("acme", "basic", None, T0, "webhook", "a", T0)).change
+    await store.update_change(old.id, status=ChangeStatus(status))
+    new = await store.submit_change("acme", "pro", None, T0 + H, "webhook", "b", T0 + H)
+    is_open = ChangeStatus(status) in OPEN_STATUSES
+    assert new.superseded_ids == ((old.id,) if is_open else ())
+    after = await store.get_change(old.id)
+    assert after is not None
+    assert after.status is (ChangeStatus.SUPERSEDED if is_open else ChangeStatus(status))
+    assert after.updated_at == (T0 + H if is_open else old.updated_at)
+
+
+async def test_submit_records_the_resolved_customer_id(store: Store) -> None:
+    a = await store.submit_change(
+        "acme", "pro", None, T0 + H, "admin", "a", T0, customer_id="01ACME"
+    )
+    assert a.change.customer_id == "01ACME"
+    assert (await store.get_customer("acme")).customer_id == "01ACME"  # type: ignore[union-attr]
+    b = await store.submit_change("acme", "max", None, T0 + 2 * H, "webhook", "b", T0)
+    assert b.change.customer_id == "01ACME"  # known from the customer's row
+    # a stale request still records an id the customer's row did not have
+    await store.submit_change("zeta", "pro", None, T0 + H, "webhook", "z1", T0)
+    old = await store.submit_change(
+        "zeta", "basic", None, T0, "webhook", "z0", T0, customer_id="01ZETA"
+    )
+    assert old.change.status is ChangeStatus.SUPERSEDED
+    assert old.change.customer_id == "01ZETA"
+    zeta = await store.get_customer("zeta")
+    assert zeta is not None and zeta.customer_id == "01ZETA"
+    assert zeta.desired_change_id != old.change.id
 
 
 async def test_update_change_fields_and_optimistic_concurrency(store: Store, clock: object) -> None:
