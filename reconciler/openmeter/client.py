@@ -165,6 +165,16 @@ def _timing(value: str | datetime | Enum) -> str:
     return value
 
 
+def _when_sent(sent: asyncio.Event) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:
+    """An httpx ``trace`` extension that sets ``sent`` once the request has been written."""
+
+    async def trace(event: str, _info: Mapping[str, Any]) -> None:
+        if event.endswith("send_request_body.complete"):
+            sent.set()
+
+    return trace
+
+
 def _is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, TransportError):
         return True
@@ -250,6 +260,9 @@ class OpenMeterClient:
             transport=transport,
         )
         self.read_retries = read_retries
+        # httpx's own transport (httpcore) reports through the ``trace`` extension when a
+        # request has been written; a transport given here (tests, in-process apps) may not.
+        self._reports_writes = transport is None
         self._observer = observer
         self._wait = _Wait(backoff_base, max_retry_sleep)
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
@@ -306,6 +319,7 @@ class OpenMeterClient:
         body: Any,
         content_type: str,
         attempt: int,
+        sent: asyncio.Event | None = None,
     ) -> httpx.Response:
         content = _dumps(body) if body is not None else None
         headers = {"Content-Type": content_type} if content is not None else None
@@ -313,15 +327,20 @@ class OpenMeterClient:
         started = time.perf_counter()
         try:
             response = await self._http.request(
-                method, path, params=params, content=content, headers=headers
+                method,
+                path,
+                params=params,
+                content=content,
+                headers=headers,
+                extensions=None if sent is None else {"trace": _when_sent(sent)},
             )
         except httpx.TransportError as exc:
-            sent = not isinstance(exc, _NOT_SENT)
+            written = not isinstance(exc, _NOT_SENT)
             err = TransportError(
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 method=method,
                 path=path,
-                ambiguous=sent and method in _MUTATING,
+                ambiguous=written and method in _MUTATING,
                 cause=exc,
             )
             await self._notify(
@@ -385,7 +404,10 @@ class OpenMeterClient:
         body: Any = None,
         content_type: str = "application/json",
         retry: bool | None = None,
+        sent: asyncio.Event | None = None,
     ) -> httpx.Response:
+        """One call, retried as configured. ``sent`` is set once the request (of any attempt)
+        is on the wire."""
         if retry is None:
             retry = method not in _MUTATING
         attempts = self.read_retries + 1 if retry else 1
@@ -406,6 +428,7 @@ class OpenMeterClient:
                     body=body,
                     content_type=content_type,
                     attempt=attempt.retry_state.attempt_number,
+                    sent=sent,
                 )
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
@@ -485,11 +508,25 @@ class OpenMeterClient:
         tp = Page[item_type]
         base = dict(params or {})
 
-        def fetch(page: int, size: int) -> asyncio.Task[httpx.Response]:
+        async def fetch(page: int, size: int) -> asyncio.Task[httpx.Response]:
+            """The request for ``page``, in a task; returns once it is on the wire (or over), so
+            that OpenMeter builds the page while this one is parsed."""
             q = {**base, "page": page, "pageSize": size}
-            return asyncio.create_task(self._request(operation, "GET", path, params=q))
+            if not self._reports_writes:
+                task = asyncio.create_task(self._request(operation, "GET", path, params=q))
+                await asyncio.sleep(0)  # its first turn
+                return task
+            sent = asyncio.Event()
+            task = asyncio.create_task(self._request(operation, "GET", path, params=q, sent=sent))
+            task.add_done_callback(lambda _: sent.set())
+            try:
+                await sent.wait()
+            except BaseException:  # closed meanwhile: the request is not wanted any more
+                task.cancel()
+                raise
+            return task
 
-        first: Page[Any] = self._parse(await fetch(1, page_size), tp)
+        first: Page[Any] = self._parse(await (await fetch(1, page_size)), tp)
         announced = first.total_count
         size = first.page_size or page_size
         result = first
@@ -502,7 +539,7 @@ class OpenMeterClient:
                     result.page == 0 or not result.items or seen >= result.total_count
                 ):
                     # after the first page, or when the count grew while paging
-                    ahead = fetch(result.page + 1, size)
+                    ahead = await fetch(result.page + 1, size)
                 yield result.items
                 if ahead is None:
                     return
@@ -510,7 +547,7 @@ class OpenMeterClient:
                 ahead = None
                 page = result.page + 1
                 if page * size < announced:  # by the announced count, another page follows
-                    ahead = fetch(page + 1, size)
+                    ahead = await fetch(page + 1, size)
                 result = self._parse(response, tp)
                 if ahead is not None and (
                     not result.items or seen + len(result.items) >= result.total_count

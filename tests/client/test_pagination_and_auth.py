@@ -241,6 +241,61 @@ async def test_sweep_listings_stopped_early_cancel_the_request_sent_ahead() -> N
     assert (asked, answered) == ([1, 2], [1])  # page 2's request was cancelled, no page 3
 
 
+async def test_sweep_listings_next_request_is_on_the_wire_before_this_page_is_parsed() -> None:
+    """Over a real socket: OpenMeter receives the request for page N + 1 while page N is still
+    being parsed (a page of 500 takes milliseconds to parse; OpenMeter builds the next one
+    meanwhile)."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    customers = _customers(6)
+    arrived: dict[int, float] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            n = int(parse_qs(urlsplit(self.path).query)["page"][0])
+            arrived[n] = time.monotonic()
+            body = json.dumps(
+                page(customers[2 * (n - 1) : 2 * n], page=n, page_size=2, total=6)
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    parsed: dict[int, tuple[float, float]] = {}
+    try:
+        async with OpenMeterClient(f"http://127.0.0.1:{server.server_port}") as client:
+            real_parse = client._parse
+
+            def slow_parse(response: httpx.Response, tp: object) -> object:
+                n = int(q(response.request)["page"][0])
+                started = time.monotonic()
+                time.sleep(0.3)  # a long parse, holding the event loop as a real one does
+                result = real_parse(response, tp)
+                parsed[n] = (started, time.monotonic())
+                return result
+
+            client._parse = slow_parse  # type: ignore[method-assign]
+            keys = [c.key async for items in client.iter_customer_listings(2) for c in items]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert keys == [f"c{i}" for i in range(6)]
+    # page 1 told how many there are; from then on, the request for page N + 1 reached the
+    # server while page N was being parsed
+    assert parsed[1][1] < arrived[2]
+    assert parsed[2][0] < arrived[3] < parsed[2][1]
+
+
 async def test_sweep_listings_fail_like_any_read(
     client: OpenMeterClient, router: respx.MockRouter
 ) -> None:
