@@ -146,11 +146,18 @@ class _Mapper(Generic[R]):
     Which row positions feed which fields is worked out once per column list, not per row
     (looking each field up by name in each row was most of the cost of mapping a row)."""
 
-    def __init__(self, cls: type[R], **convert: Callable[[Any], Any]) -> None:
+    def __init__(
+        self,
+        cls: type[R],
+        convert: Mapping[str, Callable[[Any], Any]] | None = None,
+        *,
+        prefix: str = "",
+    ) -> None:
         self.cls = cls
+        self.prefix = prefix  # the columns are named ``<prefix><field>``
         self.convert = {
             name: _enum_lookup(c) if isinstance(c, type) and issubclass(c, Enum) else c
-            for name, c in convert.items()
+            for name, c in (convert or {}).items()
         }
         self.names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         self._layouts: dict[tuple[str, ...], _Layout] = {}
@@ -161,8 +168,11 @@ class _Mapper(Generic[R]):
             index: dict[str, int] = {}
             for i, k in enumerate(keys):  # the first column of a name wins
                 index.setdefault(k, i)
+            p = self.prefix
             layout = tuple(
-                (name, index[name], self.convert.get(name)) for name in self.names if name in index
+                (name, index[p + name], self.convert.get(name))
+                for name in self.names
+                if p + name in index
             )
             self._layouts[keys] = layout
         return layout
@@ -179,20 +189,30 @@ def _optional_enum(enum: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: enum(v) if v else None
 
 
-_CHANGE = _Mapper(
-    ChangeRecord,
-    source=ChangeSource,
-    status=ChangeStatus,
-    direction=_optional_enum(Direction),
-    timing=_optional_enum(Timing),
-)
+_CHANGE_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "source": ChangeSource,
+    "status": ChangeStatus,
+    "direction": _optional_enum(Direction),
+    "timing": _optional_enum(Timing),
+}
+_CHANGE = _Mapper(ChangeRecord, _CHANGE_CONVERT)
+#: A change joined beside another table's columns, as ``desired_<field>`` (the claim's read).
+_DESIRED = _Mapper(ChangeRecord, _CHANGE_CONVERT, prefix="desired_")
 _CUSTOMER = _Mapper(CustomerRecord)
-_EVENT = _Mapper(OutboxEvent, status=EventStatus)
-_AUDIT = _Mapper(AuditEntry, kind=AuditKind)
+_EVENT = _Mapper(OutboxEvent, {"status": EventStatus})
+_AUDIT = _Mapper(AuditEntry, {"kind": AuditKind})
 
 
 def _change(row: Row[Any]) -> ChangeRecord:
     rec = _CHANGE(row)
+    return rec if rec.details is not None else dataclasses.replace(rec, details={})
+
+
+def _desired_change(row: Row[Any]) -> ChangeRecord | None:
+    """The ``desired_*`` columns of ``row`` as a change (None: the customer has none)."""
+    if row.desired_id is None:
+        return None
+    rec = _DESIRED(row)
     return rec if rec.details is not None else dataclasses.replace(rec, details={})
 
 
@@ -377,11 +397,20 @@ _Q_SQLITE_SUBMIT_READ = sa.select(
         _desired, _desired.c.id == customers.c.desired_change_id
     )
 )
-#: PostgreSQL: a reconcile's claim, a row lock kept for the pass (None: missing, or held).
+_claimed_desired = change_requests.alias("claimed_desired")
+#: PostgreSQL: a reconcile's claim, a row lock kept for the pass (None: missing, or held), with
+#: the customer's desired request beside it (``desired_<column>``). Nothing waits (SKIP
+#: LOCKED), so both come from one snapshot, in which a request and the pointer to it were
+#: committed together.
 _Q_CLAIM_CUSTOMER = (
-    sa.select(customers)
+    sa.select(customers, *(c.label(f"desired_{c.name}") for c in _claimed_desired.c))
+    .select_from(
+        customers.outerjoin(
+            _claimed_desired, _claimed_desired.c.id == customers.c.desired_change_id
+        )
+    )
     .where(customers.c.customer == sa.bindparam("b_customer"))
-    .with_for_update(skip_locked=True)
+    .with_for_update(of=customers, skip_locked=True)
 )
 
 
@@ -1574,15 +1603,7 @@ class Store:
             if locked is None:
                 yield None  # another worker holds it
                 return
-            try:
-                desired = None
-                if locked.desired_change_id is not None:
-                    desired = await self._get_change(conn, locked.desired_change_id)
-            except exc.DBAPIError as e:
-                if _is_transient(e, False):
-                    raise StoreUnavailable(f"database unavailable: {e.orig}") from e
-                raise _translate(e) from e
-            claim = Claim(self, _customer(locked), locked.version, conn, desired)
+            claim = Claim(self, _customer(locked), locked.version, conn, _desired_change(locked))
             token = _push_claim(self, claim)
             try:
                 yield claim

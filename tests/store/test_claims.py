@@ -59,6 +59,35 @@ async def test_claim_is_exclusive_and_released_on_exit(store: Store) -> None:
     assert await store.next_due_at() is None
 
 
+async def test_claim_carries_the_desired_request_as_stored(store: Store) -> None:
+    """On PostgreSQL read beside the row lock, in the same statement; on SQLite in the claim's
+    read transaction. Either way, the same record ``desired_for`` answers."""
+    from reconciler.domain.model import Direction, Timing
+    from reconciler.store import ChangeStatus
+
+    first = await store.submit_change("acme", "basic", None, T0, "webhook", "w0", T0)
+    r = await store.submit_change(
+        "acme", "pro", 3, T0 + H, "webhook", "w1", T0 + H, details={"note": "x"}
+    )
+    await store.update_change(
+        r.change.id,
+        status=ChangeStatus.APPLIED,
+        direction=Direction.UPGRADE,
+        timing=Timing.IMMEDIATE,
+        effective_at=T0 + H,
+    )
+    desired = await store.desired_for("acme")
+    assert desired is not None and desired.id == r.change.id != first.change.id
+    async with store.claim("acme") as claim:
+        assert claim is not None
+        assert claim.desired == desired
+        assert claim.desired.details == {"note": "x"}
+        assert claim.desired.direction is Direction.UPGRADE
+        assert claim.desired.status is ChangeStatus.APPLIED
+    async with store.claim("nobody") as claim:
+        assert claim is not None and claim.desired is None
+
+
 async def test_claim_released_when_block_raises(store: Store) -> None:
     async def failing_pass() -> None:
         async with store.claim("acme") as claim:
