@@ -7,7 +7,6 @@ the revision's downgrade.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +19,7 @@ from sqlalchemy import event
 from reconciler.store import ChangeStatus, NewEvent, Store
 from reconciler.store.schema import change_requests
 
-from .conftest import T0, Clock
+from .conftest import T0
 
 pytestmark = pytest.mark.postgres
 
@@ -29,13 +28,9 @@ CALL = "SELECT * FROM reconciler_submit_change("
 
 
 @pytest.fixture
-async def pg_store(pg_database: str, clock: Clock) -> AsyncIterator[Store]:
-    s = await Store.open(pg_database, instance_id="pg-1", clock=clock)
-    await s.migrate()
-    try:
-        yield s
-    finally:
-        await s.close()
+def db_url(pg_database: str) -> str:
+    """This module's ``store`` (conftest) is on PostgreSQL only."""
+    return pg_database
 
 
 class Statements:
@@ -65,83 +60,83 @@ async def _rows(store: Store, source_id: str) -> list[Any]:
     return await store._tx(op, write=False)
 
 
-async def test_a_webhook_submit_is_one_statement_in_autocommit(pg_store: Store) -> None:
-    log = Statements(pg_store)
-    first = await pg_store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
-    second = await pg_store.submit_change("acme", "max", None, T0 + H, "webhook", "wh_2", T0 + H)
-    again = await pg_store.submit_change("acme", "max", None, T0 + H, "webhook", "wh_2", T0 + H)
+async def test_a_webhook_submit_is_one_statement_in_autocommit(store: Store) -> None:
+    log = Statements(store)
+    first = await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
+    second = await store.submit_change("acme", "max", None, T0 + H, "webhook", "wh_2", T0 + H)
+    again = await store.submit_change("acme", "max", None, T0 + H, "webhook", "wh_2", T0 + H)
     assert [(s.startswith(CALL), auto) for s, auto in log.seen] == [(True, True)] * 3
     assert first.created and second.created and not again.created
     assert second.superseded_ids == (first.change.id,)
     assert again.change == second.change
-    desired = await pg_store.desired_for("acme")
+    desired = await store.desired_for("acme")
     assert desired == second.change
 
 
-async def test_events_or_no_source_id_keep_a_transaction(pg_store: Store) -> None:
-    log = Statements(pg_store)
+async def test_events_or_no_source_id_keep_a_transaction(store: Store) -> None:
+    log = Statements(store)
     ev = NewEvent(type="change.received", payload={})
-    await pg_store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0, events=[ev])
-    await pg_store.submit_change("acme", "max", None, T0 + H, "cli", None, T0 + H)
+    await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0, events=[ev])
+    await store.submit_change("acme", "max", None, T0 + H, "cli", None, T0 + H)
     calls = [(s.startswith(CALL), auto) for s, auto in log.seen]
     # the function and the event's insert in one transaction; a request without a source id
     # cannot be retried safely after an unknown outcome, so it is not sent in autocommit
     assert calls == [(True, False), (False, False), (True, False)]
-    events, _ = await pg_store.list_events()
+    events, _ = await store.list_events()
     assert [e.type for e in events] == ["change.received"]
 
 
 async def test_an_answer_lost_after_the_commit_is_retried_into_the_same_row(
-    pg_store: Store,
+    store: Store,
 ) -> None:
-    log = Statements(pg_store)
+    log = Statements(store)
     log.lose_answers = 1
-    result = await pg_store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
+    result = await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
     # the first call committed and its answer was lost; the retry finds that row by its
     # webhook id, under the id this submit gave it: stored once, and reported as created by
     # this call (so the webhook still answers 202 and the worker is woken)
     assert [s.startswith(CALL) for s, _ in log.seen] == [True, True]
     assert result.created is True
-    rows = await _rows(pg_store, "wh_1")
+    rows = await _rows(store, "wh_1")
     assert len(rows) == 1 and rows[0].id == result.change.id
     assert result.change.status is ChangeStatus.PENDING
-    customer = await pg_store.get_customer("acme")
+    customer = await store.get_customer("acme")
     assert customer is not None
     assert customer.desired_change_id == result.change.id and customer.next_check_at == T0
 
 
 async def test_a_fault_before_commit_without_a_source_id_is_retried_once_stored(
-    pg_store: Store,
+    store: Store,
 ) -> None:
-    log = Statements(pg_store)
+    log = Statements(store)
     log.lose_answers = 1
-    result = await pg_store.submit_change("acme", "pro", None, T0, "cli", None, T0)
+    result = await store.submit_change("acme", "pro", None, T0, "cli", None, T0)
     # in a transaction the fault came before COMMIT: that attempt was rolled back, and the
     # retry stored the request once
     assert [s.startswith(CALL) for s, _ in log.seen] == [True, True]
     assert result.created is True
-    changes, _ = await pg_store.list_changes(customer="acme")
+    changes, _ = await store.list_changes(customer="acme")
     assert [c.id for c in changes] == [result.change.id]
 
 
-async def test_downgrading_revision_0003_drops_the_function(pg_store: Store) -> None:
+async def test_downgrading_revision_0003_drops_the_function(store: Store) -> None:
     async def count(conn: Any) -> int:
         q = sa.text("SELECT count(*) FROM pg_proc WHERE proname = 'reconciler_submit_change'")
         return int((await conn.execute(q)).scalar_one())
 
-    assert await pg_store._tx(count, write=False) == 1
-    cfg = pg_store._alembic_config()
+    assert await store._tx(count, write=False) == 1
+    cfg = store._alembic_config()
 
     def down(sync_conn: Any) -> None:
         cfg.attributes["connection"] = sync_conn
         command.downgrade(cfg, "0002")
 
-    async with pg_store._pg.connect() as conn:
+    async with store._pg.connect() as conn:
         await conn.run_sync(down)
         await conn.commit()
-    assert await pg_store._tx(count, write=False) == 0
-    assert await pg_store.is_migrated() is False
-    await pg_store.migrate()
-    assert await pg_store._tx(count, write=False) == 1
-    result = await pg_store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
+    assert await store._tx(count, write=False) == 0
+    assert await store.is_migrated() is False
+    await store.migrate()
+    assert await store._tx(count, write=False) == 1
+    result = await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
     assert result.created is True

@@ -45,6 +45,7 @@ DECLARE
     known_id text;
     desired_id text;
     desired_at timestamptz;
+    stale boolean;
 BEGIN
     -- a customer's submits are serialised on its row
     SELECT c.customer_id, c.desired_change_id INTO known_id, desired_id
@@ -64,28 +65,22 @@ BEGIN
         END IF;
     END IF;
     SELECT r.requested_at INTO desired_at FROM change_requests r WHERE r.id = desired_id;
-    IF b_requested_at < desired_at THEN
-        -- older than the desired request: stored, superseded at once
-        RETURN QUERY INSERT INTO change_requests AS r (
-                id, customer, customer_id, plan_key, plan_version, requested_at, received_at,
-                source, source_id, status, attempts, updated_at, details)
-            VALUES (b_id, b_customer, coalesce(b_customer_id, known_id), b_plan_key,
-                b_plan_version, b_requested_at, b_now, b_source, b_source_id, 'superseded', 0,
-                b_now, b_details)
-            RETURNING r.*;
+    -- older than the desired request: stored, superseded at once
+    stale := coalesce(b_requested_at < desired_at, false);
+    RETURN QUERY INSERT INTO change_requests AS r (
+            id, customer, customer_id, plan_key, plan_version, requested_at, received_at,
+            source, source_id, status, attempts, updated_at, details)
+        VALUES (b_id, b_customer, coalesce(b_customer_id, known_id), b_plan_key,
+            b_plan_version, b_requested_at, b_now, b_source, b_source_id,
+            CASE WHEN stale THEN 'superseded' ELSE 'pending' END, 0, b_now, b_details)
+        RETURNING r.*;
+    IF stale THEN
         IF b_customer_id IS NOT NULL AND known_id IS NULL THEN
             UPDATE customers SET customer_id = b_customer_id, updated_at = b_now
                 WHERE customer = b_customer;
         END IF;
         RETURN;
     END IF;
-    RETURN QUERY INSERT INTO change_requests AS r (
-            id, customer, customer_id, plan_key, plan_version, requested_at, received_at,
-            source, source_id, status, attempts, updated_at, details)
-        VALUES (b_id, b_customer, coalesce(b_customer_id, known_id), b_plan_key,
-            b_plan_version, b_requested_at, b_now, b_source, b_source_id, 'pending', 0,
-            b_now, b_details)
-        RETURNING r.*;
     RETURN QUERY UPDATE change_requests r SET status = 'superseded', updated_at = b_now
         WHERE r.customer = b_customer
             AND r.status IN ('pending', 'applied', 'scheduled', 'failed')
