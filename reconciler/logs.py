@@ -46,7 +46,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, force: bool = F
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         # Resolve sys.stderr when a logger is made, not once: it may be replaced (tests, CLIs).
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        # One write() per line: print() writes the line and its newline separately, and a line
+        # logged meanwhile by another thread through the stdlib handler (the SQLite database
+        # thread: Alembic) landed between the two, two JSON objects on one line.
+        logger_factory=lambda *_: structlog.WriteLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
