@@ -457,20 +457,25 @@ _Q_SUPERSEDE_OPEN = (
     .values(status=ChangeStatus.SUPERSEDED.value, updated_at=sa.bindparam("b_now"))
     .returning(change_requests.c.id)
 )
-_now = sa.bindparam("b_now", type_=customers.c.updated_at.type)
-#: SQLite: make ``b_id`` the customer's desired request, due now.
-_Q_MAKE_DESIRED = (
-    customers.update()
-    .where(customers.c.customer == sa.bindparam("b_customer"))
-    .values(
-        desired_change_id=sa.bindparam("b_id"),
-        next_check_at=_now,
-        customer_id=sa.bindparam("b_customer_id"),
-        version=customers.c.version + 1,
-        updated_at=_now,
+
+
+def _make_desired() -> sa.Update:
+    """SQLite: make ``b_id`` the customer's desired request, due now."""
+    now = sa.bindparam("b_now", type_=customers.c.updated_at.type)
+    return (
+        customers.update()
+        .where(customers.c.customer == sa.bindparam("b_customer"))
+        .values(
+            desired_change_id=sa.bindparam("b_id"),
+            next_check_at=now,
+            customer_id=sa.bindparam("b_customer_id"),
+            version=customers.c.version + 1,
+            updated_at=now,
+        )
     )
-)
-del _now
+
+
+_Q_MAKE_DESIRED = _make_desired()
 
 
 def _encode_cursor(kind: str, at: datetime, ident: str) -> str:
@@ -1052,8 +1057,9 @@ class Store:
                     {"b_source": src.value, "b_source_id": source_id, "b_customer": customer},
                 )
             ).one()
-            if seen.id is not None:
-                return SubmitResult(_change(seen), created=False)
+            if seen.id is not None:  # stored already: by an earlier call, or by this one's
+                # attempt whose commit was reported failed (the id is chosen once per call)
+                return SubmitResult(_change(seen), created=seen.id == change_id)
             cust_id, desired_at = seen.known_customer_id, seen.desired_requested_at
             if seen.known_customer is None:
                 await self._ensure_customer(conn, customer, now)
