@@ -149,6 +149,12 @@ class Story:
     async def reconcile(self) -> Any:
         return await self.rt.engine.reconcile(self.customer)
 
+    async def convergence(self) -> dict[str, Any]:
+        """How the desired change's plan record converges, as stored with it."""
+        change = await self.rt.store.desired_for(self.customer)
+        found = change.details.get("convergence") if change is not None else None
+        return dict(found) if isinstance(found, dict) else {}
+
     def step(self, title: str) -> Step:
         s = Step(title)
         self.steps.append(s)
@@ -169,7 +175,7 @@ async def _story(s: Story) -> None:
     usage, balance = await s.value()
     st.check("usage 3 of 50,000", (usage, balance) == (3, 49_997), f"{usage} used, {balance} left")
 
-    st = s.step("2. Upgrade to starter: immediate, usage kept")
+    st = s.step("2. Upgrade to starter: immediate, usage kept, billed pro rata")
     out = await s.change("starter")
     usage, balance = await s.value()
     cur, succ = await s.subs()
@@ -178,28 +184,36 @@ async def _story(s: Story) -> None:
         "549,997 of 550,000 left", (usage, balance) == (3, 549_997), f"{usage} used, {balance} left"
     )
     st.check("plan on record still free", cur.plan.key == "free", cur.plan.key)
+    conv = await s.convergence()
     st.check(
-        "starter scheduled at the boundary",
-        succ is not None and succ.plan.key == "starter" and succ.active_from == START + _month(1),
-        succ.active_from if succ else None,
+        "record change deferred a period (scheduling now would bill starter's fee in full)",
+        succ is None
+        and conv.get("deferred") is True
+        and conv.get("converges_at") == _iso(START + _month(2)),
+        conv.get("reason"),
     )
     m = await s.mutations()
-    st.check("one PATCH, one change", m == {"PATCH": 1, "POST change": 1}, m)
+    st.check("one PATCH, nothing else", m == {"PATCH": 1}, m)
 
-    st = s.step("3. The billing boundary passes")
+    st = s.step("3. The billing boundary passes: the record change is scheduled")
     await s.set_clock(START + _month(1) + timedelta(minutes=1))
     out = await s.reconcile()
     usage, balance = await s.value()
     cur, succ = await s.subs()
-    st.check("converged", out.status == "converged", out.status)
-    st.check("plan on record is starter", cur.plan.key == "starter", cur.plan.key)
+    st.check("still applied", out.status == "applied", out.status)
+    st.check(
+        "starter scheduled at the following boundary",
+        succ is not None and succ.plan.key == "starter" and succ.active_from == START + _month(2),
+        succ.active_from if succ else None,
+    )
     st.check(
         "fresh period 0 of 550,000",
         (usage, balance) == (0, 550_000),
         f"{usage} used, {balance} left",
     )
 
-    st = s.step("4. Downgrade to free: takes effect next cycle")
+    st = s.step("4. Ten days later, downgrade to free: takes effect next cycle")
+    await s.set_clock(START + _month(1) + timedelta(days=10))
     await s.use(1000)
     out = await s.change("free")
     usage, balance = await s.value()
@@ -232,16 +246,27 @@ async def _story(s: Story) -> None:
     )
     out = await s.change("pro")
     cur, succ = await s.subs()
+    conv = await s.convergence()
     st.check(
-        "pro scheduled again",
-        succ is not None and succ.plan.key == "pro",
-        succ.plan.key if succ else None,
+        "pro kept, its record change deferred (pro's fee stays pro rata)",
+        succ is None and conv.get("converges_at") == _iso(START + _month(3)),
+        conv.get("reason"),
     )
     m = await s.mutations()
     st.check("two PATCHes in total (items never taken away)", m.get("PATCH") == 2, m)
 
-    st = s.step("6. The next boundary passes")
+    st = s.step("6. The next boundary passes: the record change to pro is scheduled")
     await s.set_clock(START + _month(2) + timedelta(minutes=1))
+    out = await s.reconcile()
+    cur, succ = await s.subs()
+    st.check(
+        "pro scheduled at the following boundary",
+        succ is not None and succ.plan.key == "pro" and succ.active_from == START + _month(3),
+        succ.active_from if succ else None,
+    )
+
+    st = s.step("7. The boundary after passes")
+    await s.set_clock(START + _month(3) + timedelta(minutes=1))
     out = await s.reconcile()
     usage, balance = await s.value()
     cur, succ = await s.subs()
@@ -257,9 +282,13 @@ async def _story(s: Story) -> None:
     )
 
 
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
 def _month(n: int) -> timedelta:
-    # The demo's anchor is the 15th: months from Jan 15 are 31 and 28 days (2026).
-    return [timedelta(0), timedelta(days=31), timedelta(days=31 + 28)][n]
+    # The demo's anchor is the 15th: months from Jan 15 are 31, 28 and 31 days (2026).
+    return [timedelta(0), timedelta(days=31), timedelta(days=31 + 28), timedelta(days=90)][n]
 
 
 async def _main(console: Console, catalog: Path, policy: Path) -> bool:

@@ -10,8 +10,11 @@ The goal for a target plan T, given the policy's timing:
 
 * ``immediate`` (upgrades by default): the current phase's items equal T's phase of the same
   key now (PATCH edit: the phase, and so the usage measured since its start, is kept), and the
-  plan record converges at the next billing boundary: either the subscription already names T,
-  or a successor on T is scheduled there (POST change, ``next_billing_cycle``).
+  plan record converges at a billing boundary: either the subscription already names T, or a
+  successor on T is scheduled there (POST change, ``next_billing_cycle``). With the policy's
+  ``plan_record: billing_safe`` that is the first boundary where ending the subscription does
+  not stop OpenMeter prorating a flat fee (``reconciler.domain.convergence``); until then the
+  planner waits and says when to look again (``PlanResult.next_check_at``).
 * ``next_billing_cycle`` (downgrades, laterals): the items stay until the boundary and a
   successor on T is scheduled there — unless the subscription already names T and has T's items.
 
@@ -22,7 +25,7 @@ course the planner deletes the successor and unschedules the cancelation first.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -37,6 +40,7 @@ from reconciler.domain.actions import (
     Unschedule,
     provenance,
 )
+from reconciler.domain.convergence import Convergence, PlanRecordMode, plan_record_convergence
 from reconciler.domain.model import (
     META_CHANGE,
     META_PLAN,
@@ -52,6 +56,7 @@ from reconciler.domain.model import (
     SubscriptionStatus,
     Timing,
 )
+from reconciler.domain.pricing.replay import observed_versions, replay_edit
 
 
 class DecisionLike(Protocol):
@@ -63,6 +68,8 @@ class DecisionLike(Protocol):
     def rule(self) -> str: ...
     @property
     def reason(self) -> str: ...
+    @property
+    def plan_record(self) -> PlanRecordMode: ...
 
 
 class ChangePolicy(Protocol):
@@ -101,6 +108,14 @@ class PlanResult:
     from_plan: PlanRef | None
     refusal: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # How the plan record converges (set when a successor is needed only for the record).
+    convergence: Convergence | None = None
+    # When to look again, if earlier than ``converges_at`` (a deferred plan-record change).
+    next_check_at: datetime | None = None
+
+    @property
+    def convergence_reason(self) -> str | None:
+        return self.convergence.reason if self.convergence is not None else None
 
 
 class LayoutMismatch(ValueError):
@@ -316,6 +331,7 @@ def plan(
             ),
         )
 
+    boundary = _boundary(cur, succ)
     actions: list[Action] = []
     if succ is not None and not keep_succ:
         actions.append(DeleteScheduled(succ.id, succ.plan))
@@ -325,21 +341,32 @@ def plan(
         # must go too, whether or not anything else changes.
         actions.append(Unschedule(cur.id))
         canceled_after = False
-    if edit_needed:
-        actions.append(_edit(cur, phase, target_phase, tags, now))
+    edit = _edit(cur, phase, target_phase, tags, now) if edit_needed else None
+    if edit is not None:
+        actions.append(edit)
+    convergence: Convergence | None = None
     if successor_needed and not keep_succ and not canceled_after:
-        actions.append(
-            ScheduleChange(
-                cur.id,
-                target.ref,
-                starting_phase=_starting_phase(cur, phase, target),
-                metadata=meta,
+        if items_after_match and boundary is not None:
+            # The successor only moves the plan record: choose a boundary where it does not
+            # change what OpenMeter bills (the items are T's already, or will be after the edit).
+            convergence = _record_convergence(cur, edit, now, boundary, decision.plan_record)
+        if convergence is None or convergence.due(now):
+            actions.append(
+                ScheduleChange(
+                    cur.id,
+                    target.ref,
+                    starting_phase=_starting_phase(cur, phase, target),
+                    metadata=meta,
+                )
             )
-        )
 
-    boundary = _boundary(cur, succ)
     effective_at = now if immediate or not actions else boundary
     converges_at = boundary if successor_needed else now
+    next_check_at: datetime | None = None
+    if convergence is not None:
+        converges_at = convergence.at
+        if not convergence.due(now):
+            next_check_at = convergence.schedule_at
     if not actions:
         state = State.WAITING if successor_needed else State.CONVERGED
     else:
@@ -354,7 +381,31 @@ def plan(
         effective_at,
         converges_at,
         warnings=_warnings(cur, phase) if edit_needed else (),
+        convergence=convergence,
+        next_check_at=next_check_at,
     )
+
+
+def _record_convergence(
+    cur: ObservedSubscription,
+    edit: EditItems | None,
+    now: datetime,
+    boundary: datetime,
+    mode: PlanRecordMode,
+) -> Convergence:
+    """Where the plan record converges, judged on the item versions after ``edit``.
+
+    The subscription is judged as it runs once this plan's deletions and unschedulings are
+    done: without an end (the only successor it may have is the one being planned)."""
+    running = replace(cur, active_to=None, status=SubscriptionStatus.ACTIVE)
+    versions = observed_versions(running)
+    if cur.active_to is not None:  # versions cut by the cancelation run on once it is undone
+        versions = [
+            replace(v, active_to=None) if v.active_to == cur.active_to else v for v in versions
+        ]
+    if edit is not None:
+        versions = replay_edit(versions, edit, running, now)
+    return plan_record_convergence(running, versions, first=boundary, mode=mode)
 
 
 def _iso(dt: datetime | None) -> str:
@@ -396,6 +447,8 @@ def _result(
     converges_at: datetime | None,
     *,
     warnings: tuple[str, ...] = (),
+    convergence: Convergence | None = None,
+    next_check_at: datetime | None = None,
 ) -> PlanResult:
     return PlanResult(
         state=state,
@@ -408,6 +461,8 @@ def _result(
         converges_at=converges_at,
         from_plan=from_plan,
         warnings=warnings,
+        convergence=convergence,
+        next_check_at=next_check_at,
     )
 
 

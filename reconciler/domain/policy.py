@@ -29,11 +29,13 @@ from fnmatch import fnmatchcase
 
 import yaml
 
+from reconciler.domain.convergence import PlanRecordMode
 from reconciler.domain.model import Direction, Timing
 
 __all__ = [
     "Decision",
     "GuardMode",
+    "PlanRecordMode",
     "Policy",
     "PolicyError",
     "Rule",
@@ -85,6 +87,7 @@ class Decision:
     rule: str
     reason: str
     guard: str | None = None
+    plan_record: PlanRecordMode = PlanRecordMode.BILLING_SAFE
 
     @property
     def allowed(self) -> bool:
@@ -107,6 +110,7 @@ class Rule:
     directions: tuple[Direction, ...] | None = None
     name: str | None = None
     reason: str | None = None
+    plan_record: PlanRecordMode | None = None  # None: defaults.plan_record
 
     @property
     def id(self) -> str:
@@ -254,8 +258,9 @@ def _kind(node: yaml.Node) -> str:
 
 
 _TOP_KEYS = ("version", "ladder", "defaults", "rules", "guards")
-_DEFAULT_KEYS = ("upgrade", "downgrade", "lateral", "unranked")
-_RULE_KEYS = ("name", "from", "to", "direction", "timing", "reason")
+_DEFAULT_KEYS = ("upgrade", "downgrade", "lateral", "unranked", "plan_record")
+_RULE_KEYS = ("name", "from", "to", "direction", "timing", "reason", "plan_record")
+_PLAN_RECORD_CHOICES = tuple(m.value for m in PlanRecordMode)
 _GUARD_KEYS = ("downgrade_below_usage",)
 _UNRANKED_CHOICES = (*_TIMINGS, "error")
 
@@ -278,6 +283,7 @@ class Policy:
     unranked: Timing | None = None  # None: a change involving an unranked plan is an error
     rules: tuple[Rule, ...] = ()
     downgrade_below_usage: GuardMode = GuardMode.DEFER
+    plan_record: PlanRecordMode = PlanRecordMode.BILLING_SAFE
     source: str = "<default>"
     ladder_lines: Mapping[str, int] = field(default_factory=dict)
 
@@ -345,10 +351,15 @@ class Policy:
 
         defaults = dict(_BUILTIN_DEFAULTS)
         unranked: Timing | None = None
+        plan_record = PlanRecordMode.BILLING_SAFE
         if "defaults" in top:
             dmap = ld.mapping(top["defaults"][1], "defaults", _DEFAULT_KEYS)
             for key, (_, vnode) in dmap.items():
-                if key == "unranked":
+                if key == "plan_record":
+                    plan_record = PlanRecordMode(
+                        ld.choice(vnode, "defaults.plan_record", _PLAN_RECORD_CHOICES)
+                    )
+                elif key == "unranked":
                     value = ld.choice(vnode, "defaults.unranked", _UNRANKED_CHOICES)
                     unranked = None if value == "error" else Timing(value)
                 else:
@@ -382,6 +393,7 @@ class Policy:
             unranked=unranked,
             rules=tuple(rules),
             downgrade_below_usage=guard,
+            plan_record=plan_record,
             source=source,
             ladder_lines=ladder_lines,
         )
@@ -500,8 +512,15 @@ class Policy:
         if from_key == to_key:
             if from_version is None or to_version is None or from_version == to_version:
                 trace.append("same plan key and version: nothing to change, rules not consulted")
+                trace.append(f"plan record: {self.plan_record.value} (defaults.plan_record)")
                 return (
-                    Decision(Direction.NOOP, Timing.IMMEDIATE, "same plan", f"already on {dst}"),
+                    Decision(
+                        Direction.NOOP,
+                        Timing.IMMEDIATE,
+                        "same plan",
+                        f"already on {dst}",
+                        plan_record=self.plan_record,
+                    ),
                     trace,
                 )
             direction: Direction | None = Direction.LATERAL
@@ -531,6 +550,7 @@ class Policy:
 
         reported = direction or Direction.LATERAL
         chosen: tuple[Timing, str, str] | None = None
+        record = (self.plan_record, "defaults.plan_record")
         for rule in self.rules:
             ok, why = rule.match(from_key, to_key, direction, from_ranked, to_ranked)
             if chosen is None:
@@ -543,6 +563,8 @@ class Policy:
             if ok and chosen is None:
                 reason = rule.reason or f"{src} -> {dst}: {why}"
                 chosen = (rule.timing, rule.id, reason)
+                if rule.plan_record is not None:
+                    record = (rule.plan_record, rule.id)
 
         if chosen is None:
             if direction is None:
@@ -597,7 +619,8 @@ class Policy:
                 trace.append(
                     f"guard downgrade_below_usage={mode.value}: {detail} -> {timing.value}"
                 )
-        return Decision(reported, timing, rule_id, reason, guard), trace
+        trace.append(f"plan record: {record[0].value} ({record[1]})")
+        return Decision(reported, timing, rule_id, reason, guard, record[0]), trace
 
 
 def _load_rule(ld: _Loader, index: int, node: yaml.Node) -> Rule:
@@ -620,6 +643,11 @@ def _load_rule(ld: _Loader, index: int, node: yaml.Node) -> Rule:
         directions = tuple(Direction(ld.choice(n, f"{what}.direction", allowed)) for _, n in values)
     name = ld.string(m["name"][1], f"{what}.name") if "name" in m else None
     reason = ld.string(m["reason"][1], f"{what}.reason") if "reason" in m else None
+    plan_record = (
+        PlanRecordMode(ld.choice(m["plan_record"][1], f"{what}.plan_record", _PLAN_RECORD_CHOICES))
+        if "plan_record" in m
+        else None
+    )
     return Rule(
         index=index,
         line=_line(node),
@@ -629,6 +657,7 @@ def _load_rule(ld: _Loader, index: int, node: yaml.Node) -> Rule:
         directions=directions,
         name=name,
         reason=reason,
+        plan_record=plan_record,
     )
 
 

@@ -48,7 +48,12 @@ from reconciler.engine.catalog import Catalog, UnknownPlan
 from reconciler.engine.clock import Clock
 from reconciler.engine.observe import Observer
 from reconciler.engine.pacing import Pacer
-from reconciler.engine.preview import preview_document, subscription_view, values_view
+from reconciler.engine.preview import (
+    convergence_view,
+    preview_document,
+    subscription_view,
+    values_view,
+)
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter import mapping
 from reconciler.openmeter.client import OpenMeterClient
@@ -690,12 +695,15 @@ class Engine:
                 if (result.timing or change.timing) is Timing.IMMEDIATE
                 else ChangeStatus.SCHEDULED
             )
-            when = result.converges_at or now
+            # A deferred plan-record change is looked at again when it may be scheduled.
+            when = result.next_check_at or result.converges_at or now
             next_check = max(when, now) + AFTER_BOUNDARY
         else:  # still acting after max_steps: come back soon
             status = ChangeStatus.PENDING
             next_check = now + _backoff(change.attempts + 1)
         details = dict(change.details)
+        if result.convergence is not None:
+            details["convergence"] = convergence_view(result)
         if status is not change.status and status is not ChangeStatus.PENDING:
             n = _next_transition(details)
             events.append(self._event(change, status, result, n))
@@ -735,6 +743,8 @@ class Engine:
             "effective_at": _iso(change.effective_at or result.effective_at),
             "converges_at": _iso(result.converges_at),
         }
+        if result.convergence is not None:
+            payload["convergence"] = convergence_view(result)
         if status is ChangeStatus.APPLIED:
             payload["entitlements"] = {
                 "before": change.details.get("entitlements_before"),
@@ -958,6 +968,8 @@ class Queries:
                 )
                 convergence = result.state.value
                 target_doc["pending_actions"] = [a.request().as_dict() for a in result.actions]
+                if result.convergence is not None:
+                    target_doc["convergence"] = convergence_view(result)
         audit = await e.store.list_audit(
             customer=change.customer if change else customer, limit=audit_limit
         )

@@ -108,12 +108,39 @@ def preview_document(
         "timing": result.timing.value if result.timing else None,
         "effective_at": _iso(result.effective_at),
         "converges_at": _iso(result.converges_at),
+        "convergence": convergence_view(result),
         "rule": result.rule,
         "reason": result.reason,
         "refusal": result.refusal,
         "actions": [a.request().as_dict() for a in result.actions],
         "entitlements": entitlement_effects(observed, result, target, now),
         "warnings": list(result.warnings),
+    }
+
+
+def convergence_view(result: PlanResult) -> dict[str, Any] | None:
+    """How the plan record converges: when, whether deferred for billing, and why."""
+    c = result.convergence
+    if c is None:
+        return None
+    return {
+        "converges_at": _iso(c.at),
+        "schedule_at": _iso(c.schedule_at),
+        "deferred": c.deferred,
+        "reason": c.reason,
+        "suppressed": [
+            {
+                "item": x.item,
+                "boundary": _iso(x.boundary),
+                "service_period": {
+                    "from": _iso(x.service_period[0]),
+                    "to": _iso(x.service_period[1]),
+                },
+                "prorated": str(x.prorated),
+                "billed_if_scheduled": str(x.billed),
+            }
+            for x in c.suppressed
+        ],
     }
 
 

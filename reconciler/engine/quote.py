@@ -38,7 +38,6 @@ from reconciler.domain.model import (
     Observed,
     ObservedSubscription,
     Plan,
-    RateCard,
 )
 from reconciler.domain.periods import parse_duration, period_at
 from reconciler.domain.planner import PlanResult, State, plan
@@ -54,6 +53,8 @@ from reconciler.domain.pricing import (
     quote_difference,
     service_window,
 )
+from reconciler.domain.pricing.replay import observed_versions, replay_edit
+from reconciler.engine.preview import convergence_view
 from reconciler.openmeter.client import OpenMeterClient
 
 if TYPE_CHECKING:
@@ -91,67 +92,6 @@ def parse_at(value: str | None) -> datetime | None:
 
 # ---------------------------------------------------------------------------------------------
 # Item versions of a subscription in a period
-
-
-def _overlaps(a_from: datetime, a_to: datetime | None, window: Window) -> bool:
-    return a_from < window[1] and (a_to is None or a_to > window[0])
-
-
-def _observed_versions(sub: ObservedSubscription, period: Window) -> list[ItemVersion]:
-    out: list[ItemVersion] = []
-    for phase in sub.phases:
-        if not _overlaps(phase.active_from, phase.active_to, period):
-            continue
-        timelines = phase.timelines or {i.key: (i,) for i in phase.items}
-        for versions in timelines.values():
-            for idx, item in enumerate(versions):
-                out.append(ItemVersion.from_observed(item, version=idx))
-    return out
-
-
-def _card_version(card: RateCard, at: datetime, until: datetime | None, idx: int) -> ItemVersion:
-    discounts = card.raw.get("discounts")
-    return ItemVersion(
-        key=card.key,
-        name=card.name,
-        active_from=at,
-        active_to=until,
-        price=card.price,
-        billing_cadence=card.billing_cadence,
-        feature_key=card.feature_key,
-        discounts=discounts if isinstance(discounts, Mapping) else None,
-        version=idx,
-    )
-
-
-def _replay_edit(
-    versions: Sequence[ItemVersion],
-    edit: EditItems,
-    sub: ObservedSubscription,
-    at: datetime,
-) -> list[ItemVersion]:
-    """Item versions after ``edit`` takes effect at ``at`` (PATCH, ``timing: immediate``).
-
-    ``add_item`` on an existing key closes the version active at ``at`` there and starts the new
-    one; ``remove_item`` closes it; versions that would start later are dropped (the edit
-    unschedules them first).
-    """
-    phase = next((p for p in sub.phases if p.key == edit.phase_key), None)
-    phase_end = phase.active_to if phase is not None else None
-    touched = set(edit.remove) | {c.key for c in edit.add}
-    out: list[ItemVersion] = []
-    counts: dict[str, int] = {}
-    for v in versions:
-        if v.key in touched or edit.unschedule_edits:
-            if v.active_from >= at:
-                continue  # a later version: unscheduled by the edit
-            if v.key in touched and (v.active_to is None or v.active_to > at):
-                v = replace(v, active_to=at)
-        out.append(v)
-        counts[v.key] = max(counts.get(v.key, 0), (v.version or 0) + 1)
-    for card in edit.add:
-        out.append(_card_version(card, at, phase_end, counts.get(card.key, 0)))
-    return out
 
 
 def _split_by_cadence(
@@ -415,7 +355,7 @@ class Quoter:
                 sub,
                 period,
                 (full.start, full.end),
-                _observed_versions(sub, period),
+                observed_versions(sub, period),
                 sub.active_to,
                 pro_rating,
                 usage,
@@ -440,7 +380,7 @@ class Quoter:
                     difference = quote_difference(current, with_change)
         except (PriceError, UnknownCurrencyError) as exc:
             raise QuoteError(f"cannot price subscription {sub.id}: {exc}") from exc
-        if any(_needs_usage(i) for i in _observed_versions(sub, period)):
+        if any(_needs_usage(i) for i in observed_versions(sub, period)):
             notes.append(f"usage is metered up to now ({_iso(now)}); future usage is not forecast")
         if any(
             ln.payment_term == "in_advance" and ln.proration is not None
@@ -507,13 +447,13 @@ def _after_change(
     if result.state is State.REFUSED:
         notes.append(f"the change is refused: {result.refusal or result.reason}")
         return None
-    versions = _observed_versions(sub, period)
+    versions = observed_versions(sub, period)
     sub_end = sub.active_to
     for action in result.actions:
         if isinstance(action, Unschedule):
             sub_end = None
         elif isinstance(action, EditItems):
-            versions = _replay_edit(versions, action, sub, at)
+            versions = replay_edit(versions, action, sub, at)
         elif isinstance(action, ScheduleChange):
             boundary = result.converges_at or period[1]
             sub_end = boundary
@@ -536,6 +476,7 @@ def _change_json(result: PlanResult | None, target: Plan) -> dict[str, Any] | No
         "timing": result.timing.value if result.timing else None,
         "effective_at": _iso(result.effective_at),
         "converges_at": _iso(result.converges_at),
+        "convergence": convergence_view(result),
         "actions": [a.kind for a in result.actions],
         "refusal": result.refusal,
     }

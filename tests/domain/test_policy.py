@@ -375,7 +375,8 @@ def test_explain_lists_every_rule_and_the_decision() -> None:
     assert lines[-1].startswith(
         "decision: downgrade, next_billing_cycle by rules[0] (leaving pro waits"
     )
-    assert len(lines) == 6
+    assert lines[-2] == "plan record: billing_safe (defaults.plan_record)"
+    assert len(lines) == 7
 
 
 def test_explain_defaults_guard_and_errors() -> None:
@@ -388,7 +389,8 @@ def test_explain_defaults_guard_and_errors() -> None:
     assert lines[3] == "no rule matched: defaults.downgrade = immediate"
     assert lines[4].startswith("guard downgrade_below_usage=defer: api_calls: used 1200")
     assert lines[4].endswith("-> next_billing_cycle")
-    assert lines[5].startswith("decision: downgrade, next_billing_cycle by defaults.downgrade")
+    assert lines[5] == "plan record: billing_safe (defaults.plan_record)"
+    assert lines[6].startswith("decision: downgrade, next_billing_cycle by defaults.downgrade")
     err = p.explain("pro", "enterprise")
     assert err[-1].startswith("decision: error: plan 'enterprise' not in the ladder")
     noop = p.explain("pro", "pro", from_version=1, to_version=1)

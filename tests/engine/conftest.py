@@ -17,7 +17,8 @@ from reconciler.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "config" / "catalog.demo.yaml"
-POLICY = ROOT / "config" / "policy.example.yaml"
+POLICY = ROOT / "config" / "policy.example.yaml"  # plan_record: billing_safe (the default)
+POLICY_NEXT_BOUNDARY = Path(__file__).with_name("policy_next_boundary.yaml")
 START = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
 DEMO = yaml.safe_load(CATALOG.read_text())
 
@@ -55,10 +56,16 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def policy_path() -> Path:
+    """The policy the runtime loads; a module about the next-boundary path overrides it."""
+    return POLICY
+
+
+@pytest.fixture
 async def rt(
-    emulator: EmulatorServer, control: httpx.AsyncClient, db_path: Path
+    emulator: EmulatorServer, control: httpx.AsyncClient, db_path: Path, policy_path: Path
 ) -> AsyncIterator[Runtime]:
-    async with open_runtime(make_settings(emulator, db_path)) as runtime:
+    async with open_runtime(make_settings(emulator, db_path, policy_path=policy_path)) as runtime:
         yield runtime
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from reconciler.cli import app
 from reconciler.emulator.server import EmulatorServer
 
-from .conftest import DEMO, POLICY, START
+from .conftest import DEMO, POLICY, POLICY_NEXT_BOUNDARY, START
 
 
 @pytest.fixture
@@ -21,7 +21,8 @@ def cli_env(emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.Monkey
     db = tmp_path / "cli.db"
     monkeypatch.setenv("RECONCILER_OPENMETER_URL", emulator.url)
     monkeypatch.setenv("RECONCILER_DATABASE_URL", f"sqlite:///{db}")
-    monkeypatch.setenv("RECONCILER_POLICY_PATH", str(POLICY))
+    # The CLI is shown on the edit + scheduled-change path (plan_record: next_boundary).
+    monkeypatch.setenv("RECONCILER_POLICY_PATH", str(POLICY_NEXT_BOUNDARY))
     monkeypatch.setenv("RECONCILER_CLOCK_URL", f"{emulator.url}/_emulator/clock")
     monkeypatch.setenv("RECONCILER_LOG_LEVEL", "WARNING")
     monkeypatch.setenv("RECONCILER_SECRETS_DIR", str(tmp_path / "no-secrets"))

@@ -23,8 +23,15 @@ from reconciler.emulator.server import EmulatorServer
 from reconciler.engine import Engine
 from reconciler.runtime import Runtime, open_runtime
 
-from .conftest import START, make_settings
+from .conftest import POLICY_NEXT_BOUNDARY, START, make_settings
 from .helpers import mutations, onboard, plan_key
+
+
+@pytest.fixture
+def policy_path() -> Path:
+    """This module is about the edit + scheduled-change path: ``plan_record: next_boundary``
+    (the default ``billing_safe`` path is in test_billing_safe.py)."""
+    return POLICY_NEXT_BOUNDARY
 
 
 class Crash(BaseException):
@@ -120,7 +127,7 @@ async def test_crash_after_each_mutation_then_restart(
     emulator: EmulatorServer, control: httpx.AsyncClient, tmp_path: Path, sc: Scenario, k: int
 ) -> None:
     db = tmp_path / "r.db"
-    settings = make_settings(emulator, db)
+    settings = make_settings(emulator, db, policy_path=POLICY_NEXT_BOUNDARY)
     async with open_runtime(settings) as rt:
         story = Story(rt, control)
         await _prepare(story, sc)

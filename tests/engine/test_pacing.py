@@ -5,17 +5,26 @@ than ``max_hold`` per yield point; work not marked background is never held."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from reconciler.demo import Story
 from reconciler.engine import Engine
 from reconciler.engine.pacing import Pacer, background
 from reconciler.runtime import Runtime
 
-from .conftest import START
+from .conftest import POLICY_NEXT_BOUNDARY, START
 from .helpers import mutations, onboard
+
+
+@pytest.fixture
+def policy_path() -> Path:
+    """This module is about the edit + scheduled-change path: ``plan_record: next_boundary``
+    (the default ``billing_safe`` path is in test_billing_safe.py)."""
+    return POLICY_NEXT_BOUNDARY
 
 
 async def test_background_waits_for_the_foreground_then_goes() -> None:

@@ -293,18 +293,41 @@ async def test_whole_second_anchor_is_not_prorated_after_the_scheduled_record_ch
     world: World,
 ) -> None:
     """OpenMeter beta.227 quirk, shown in the quote: with a whole-second billing anchor the
-    subscription's activeTo (set by the scheduled plan-record change) equals the truncated end of
-    the new version's service period, so ``shouldProrate`` says no and B is billed in full."""
+    subscription's activeTo (set by a plan-record change scheduled at the next boundary) equals
+    the truncated end of the new version's service period, so ``shouldProrate`` says no and B
+    is billed in full. ``plan_record: billing_safe`` (the default) defers the record change by
+    a period and B stays prorated; ``next_boundary`` shows the full fee."""
     anchor = T0.replace(microsecond=0)
     await world.customer("whole", "basic", billingAnchor=anchor.isoformat())
     t = anchor + timedelta(days=15)
     await world.set_time(t)
-    what_if = await world.quoter.quote("whole", plan_key="plus")
+    safe = await world.quoter.quote("whole", plan_key="plus")
+    fees = [ln for ln in safe["with_change"]["lines"] if ln["key"] == "platform_fee"]
+    assert [(f["version"], f["amount"], f["proration"]) for f in fees] == [
+        (0, "15.00", "0.5"),
+        (1, "45.00", "0.5"),
+    ]
+    assert safe["change"]["actions"] == ["edit_items"]
+    convergence = safe["change"]["convergence"]
+    assert convergence["deferred"] is True
+    assert convergence["converges_at"] == "2026-06-10T08:30:45Z"
+    assert convergence["schedule_at"] == "2026-05-10T08:30:45Z"
+    assert convergence["reason"].startswith(
+        "deferred: scheduling at 2026-05-10T08:30:45Z would stop OpenMeter prorating platform_fee"
+    )
+    assert [
+        (x["item"], x["prorated"], x["billed_if_scheduled"]) for x in convergence["suppressed"]
+    ] == [("platform_fee", "45.00", "90.00")]
+
+    eager = Policy.from_yaml(POLICY + "  plan_record: next_boundary\n")
+    quoter = Quoter(Engine(world.engine.client, world.store, eager, world.engine.clock))
+    what_if = await quoter.quote("whole", plan_key="plus")
     fees = [ln for ln in what_if["with_change"]["lines"] if ln["key"] == "platform_fee"]
     assert [(f["version"], f["amount"], f["proration"]) for f in fees] == [
         (0, "15.00", "0.5"),
         (1, "90.00", None),
     ]
+    assert what_if["change"]["actions"] == ["edit_items", "schedule_change"]
     assert any("not prorated: the subscription ends" in n for n in fees[1]["notes"])
     assert any("does not prorate a flat fee" in n for n in what_if["notes"])
 

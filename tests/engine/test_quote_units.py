@@ -17,7 +17,8 @@ from reconciler.domain.model import (
     SubscriptionStatus,
 )
 from reconciler.domain.pricing import ItemVersion, ProRatingConfig, QuoteRequest, build_quote
-from reconciler.engine.quote import _replay_edit, _split_by_cadence, _Usage, _with_quantities
+from reconciler.domain.pricing.replay import replay_edit
+from reconciler.engine.quote import _split_by_cadence, _Usage, _with_quantities
 
 S = datetime(2026, 3, 1, tzinfo=UTC)
 E = datetime(2026, 4, 1, tzinfo=UTC)
@@ -94,7 +95,7 @@ def test_replay_edit_closes_replaced_versions_and_drops_later_ones() -> None:
         remove=("extra",),
         unschedule_edits=True,
     )
-    after = _replay_edit(versions, edit, s, at)
+    after = replay_edit(versions, edit, s, at)
     assert [(v.key, v.version, v.active_from, v.active_to) for v in after] == [
         ("fee", 0, S, at),
         ("keep", 0, S, None),

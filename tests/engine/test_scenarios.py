@@ -14,8 +14,16 @@ from reconciler.emulator.server import EmulatorServer
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import AuditKind
 
-from .conftest import START, make_settings
+from .conftest import POLICY_NEXT_BOUNDARY, START, make_settings
 from .helpers import mutations, onboard, plan_key
+
+
+@pytest.fixture
+def policy_path() -> Path:
+    """This module is about the edit + scheduled-change path: ``plan_record: next_boundary``
+    (the default ``billing_safe`` path is in test_billing_safe.py)."""
+    return POLICY_NEXT_BOUNDARY
+
 
 BOUNDARY = START + timedelta(days=31)  # Jan 15 -> Feb 15
 
@@ -197,7 +205,10 @@ async def test_lost_database_is_rebuilt_from_openmeter_tags(
     await onboard(story, "free", START, used=3)
     await story.change("starter")
     # A brand-new database knows nothing; the tags OpenMeter holds give the desired state back.
-    async with open_runtime(make_settings(emulator, tmp_path / "fresh.db")) as fresh:
+    fresh_settings = make_settings(
+        emulator, tmp_path / "fresh.db", policy_path=POLICY_NEXT_BOUNDARY
+    )
+    async with open_runtime(fresh_settings) as fresh:
         assert await fresh.store.desired_for("acme") is None
         adopted = await fresh.engine.adopt("acme")
         assert adopted is not None and adopted.plan_key == "starter" and adopted.plan_version == 1
@@ -348,7 +359,7 @@ async def test_hand_scheduled_successor_on_converged_customer_is_undone_even_aft
         if action.kind == "delete_scheduled":
             raise Crash
 
-    settings = make_settings(emulator, tmp_path / "r.db")
+    settings = make_settings(emulator, tmp_path / "r.db", policy_path=POLICY_NEXT_BOUNDARY)
     async with open_runtime(settings) as rt:
         story = Story(rt, control)
         await onboard(story, "starter", START)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +22,15 @@ from reconciler.engine import Engine
 from reconciler.runtime import Runtime
 from reconciler.store.types import AuditKind
 
-from .conftest import START
+from .conftest import POLICY_NEXT_BOUNDARY, START
 from .helpers import mutations, onboard, plan_key
+
+
+@pytest.fixture
+def policy_path() -> Path:
+    """This module is about the edit + scheduled-change path: ``plan_record: next_boundary``
+    (the default ``billing_safe`` path is in test_billing_safe.py)."""
+    return POLICY_NEXT_BOUNDARY
 
 
 def count_transactions(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
@@ -182,7 +190,9 @@ async def test_no_pass_looks_while_a_timed_out_edit_may_still_run(
     await onboard(story, "free", START, used=3)
     fault = {"method": "PATCH", "path": "/api/v1/subscriptions/*", "delaySeconds": 1.3, "count": 1}
     (await control.post("/_emulator/faults", json=fault)).raise_for_status()
-    settings = make_settings(emulator, tmp_path / "own.db", openmeter_read_timeout=1)
+    settings = make_settings(
+        emulator, tmp_path / "own.db", openmeter_read_timeout=1, policy_path=POLICY_NEXT_BOUNDARY
+    )
     async with open_runtime(settings) as rt:
         await Story(rt, control).request("starter")
         first = await rt.engine.reconcile("acme")
