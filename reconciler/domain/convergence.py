@@ -45,8 +45,9 @@ OPENMETER_RULE = (
     "OpenMeter beta.227 does not prorate a flat fee whose service period ends at or after the "
     "subscription's activeTo (billing/worker/subscriptionsync/service/sync.go shouldProrate)"
 )
-# How far to look for a safe boundary: a yearly fee on a daily subscription needs 366.
-MAX_CANDIDATES = 400
+# How far to look for a safe boundary: a yearly fee started mid-year on a daily subscription
+# needs up to two years of days.
+MAX_CANDIDATES = 800
 _EPSILON = timedelta(microseconds=1)
 
 
@@ -64,7 +65,7 @@ class Suppression:
     item: str
     boundary: datetime
     service_period: tuple[datetime, datetime]
-    prorated: Decimal  # what OpenMeter bills without the change
+    prorated: Decimal  # the cut service period's fee, prorated as OpenMeter otherwise would
     billed: Decimal  # what it bills with the subscription ending at ``boundary``
 
 
@@ -113,37 +114,29 @@ def _suppression(
     if v.active_from >= boundary or (v.active_to is not None and v.active_to < boundary):
         return None  # not in the subscription at the boundary, or ended before it
     full = period_at(sub.billing_anchor, parse_duration(v.billing_cadence), boundary - _EPSILON)
-    start = max(v.active_from, full.start)
-    natural_end = full.end if v.active_to is None else min(v.active_to, full.end)
-    keep = should_prorate(
-        config,
-        price_type="flat",
-        service_end=truncate_to_second(natural_end),
-        subscription_end=sub.active_to,
-    )
+    service = (max(v.active_from, full.start), boundary)
+    end = truncate_to_second(boundary)
+    # What the cut period costs if OpenMeter prorates it, and what it bills once the
+    # subscription ends at the boundary.
     without, _ = prorated_flat_amount(
         amount,
         sub.currency,
-        service=(start, natural_end),
+        service=service,
         full_service=(full.start, full.end),
-        prorate=keep,
-    )
-    ended = should_prorate(
-        config,
-        price_type="flat",
-        service_end=truncate_to_second(boundary),
-        subscription_end=boundary,
+        prorate=should_prorate(config, price_type="flat", service_end=end, subscription_end=None),
     )
     with_change, _ = prorated_flat_amount(
         amount,
         sub.currency,
-        service=(start, boundary),
+        service=service,
         full_service=(full.start, full.end),
-        prorate=ended,
+        prorate=should_prorate(
+            config, price_type="flat", service_end=end, subscription_end=boundary
+        ),
     )
     if without == with_change:
         return None
-    return Suppression(v.key, boundary, (start, boundary), without, with_change)
+    return Suppression(v.key, boundary, service, without, with_change)
 
 
 def _candidates(sub: ObservedSubscription, first: datetime) -> list[datetime]:

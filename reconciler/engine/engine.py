@@ -379,6 +379,12 @@ class Engine:
                 result = plan(observed, desired, target, self.policy, now, settled=settled)
             if step == 0:
                 change = await self._record_decision(change, result, observed)
+            if result.convergence is not None:
+                # When and why the plan record converges, as decided by the step that chose
+                # it (later steps find its successor scheduled and decide nothing more).
+                view = convergence_view(result)
+                if change.details.get("convergence") != view:
+                    change = self._stage(change, details={**change.details, "convergence": view})
             outcome.result = result
             if not result.actions:
                 break
@@ -702,8 +708,6 @@ class Engine:
             status = ChangeStatus.PENDING
             next_check = now + _backoff(change.attempts + 1)
         details = dict(change.details)
-        if result.convergence is not None:
-            details["convergence"] = convergence_view(result)
         if status is not change.status and status is not ChangeStatus.PENDING:
             n = _next_transition(details)
             events.append(self._event(change, status, result, n))
@@ -743,8 +747,8 @@ class Engine:
             "effective_at": _iso(change.effective_at or result.effective_at),
             "converges_at": _iso(result.converges_at),
         }
-        if result.convergence is not None:
-            payload["convergence"] = convergence_view(result)
+        if change.details.get("convergence") is not None:
+            payload["convergence"] = change.details["convergence"]
         if status is ChangeStatus.APPLIED:
             payload["entitlements"] = {
                 "before": change.details.get("entitlements_before"),
@@ -968,8 +972,11 @@ class Queries:
                 )
                 convergence = result.state.value
                 target_doc["pending_actions"] = [a.request().as_dict() for a in result.actions]
-                if result.convergence is not None:
-                    target_doc["convergence"] = convergence_view(result)
+                target_doc["convergence"] = (
+                    convergence_view(result)
+                    if result.convergence is not None
+                    else change.details.get("convergence")
+                )
         audit = await e.store.list_audit(
             customer=change.customer if change else customer, limit=audit_limit
         )
