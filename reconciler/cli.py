@@ -96,6 +96,9 @@ def _print_change(doc: dict[str, Any]) -> None:
         f"[cyan]{doc['direction']}[/cyan], timing {doc['timing']} (rule: {doc.get('rule')})"
     )
     out.print(f"effective at {doc.get('effective_at')}, converges at {doc.get('converges_at')}")
+    conv = doc.get("convergence")
+    if conv:
+        out.print(f"plan record: {conv['reason']}")
     if doc.get("refusal"):
         out.print(f"[red]refused:[/red] {doc['refusal']}")
     applied = {(a["method"], a["path"]): a for a in doc.get("applied", [])}
@@ -176,6 +179,10 @@ async def _change(
             doc["usage_not_preserved"] = outcome.usage_not_preserved
             if change is not None and change.details.get("proof"):
                 doc["proof"] = change.details["proof"]
+            if change is not None and change.details.get("convergence"):
+                # What the engine decided when it acted (the preview may predate the edit).
+                doc["convergence"] = change.details["convergence"]
+                doc["converges_at"] = change.details["convergence"]["converges_at"]
             # What OpenMeter shows now, not what the preview expected.
             fresh = (await rt.queries.status(customer, audit_limit=0))["entitlements"]
             for f, v in fresh.items():
@@ -225,6 +232,11 @@ def status(
             f"desired: {desired['plan']}@v{desired['plan_version']} ({desired['status']}), "
             f"convergence: {doc['convergence']}"
         )
+        if desired.get("converges_at"):
+            out.print(f"plan record converges at {desired['converges_at']}")
+        conv = desired.get("convergence")
+        if conv:
+            out.print(f"plan record: {conv['reason']}")
     t = Table(title="Entitlements")
     for col in ("feature", "usage", "balance", "total"):
         t.add_column(col)

@@ -368,7 +368,7 @@ def test_explain_lists_every_rule_and_the_decision() -> None:
     assert lines[0] == "change pro -> free (policy policy.yaml)"
     assert lines[1] == "rank pro=2 -> free=0: downgrade"
     assert lines[2].startswith(
-        "rules[0] (leaving pro waits for the period end) at line 18: matched"
+        "rules[0] (leaving pro waits for the period end) at line 22: matched"
     )
     assert "not used" in lines[3] and "no match" in lines[3]
     assert "not used" in lines[4] and "(would match)" in lines[4]
@@ -443,3 +443,33 @@ def test_refuse_guard_fires_exactly_when_some_allowance_is_below_usage(
     short = any(f in allowance and allowance[f] < u for f, u in usage.items())
     assert (d.timing is T.ILLEGAL) == short
     assert (d.guard is not None) == short
+
+
+def test_plan_record_default_per_rule_and_errors() -> None:
+    from reconciler.domain.policy import PlanRecordMode
+
+    assert Policy.default().decide("a", "b").plan_record is PlanRecordMode.BILLING_SAFE
+    text = (
+        "ladder: [free, starter, pro]\n"
+        "defaults:\n  plan_record: next_boundary\n"
+        "rules:\n"
+        "  - name: pro is billed safely\n    to: pro\n    timing: immediate\n"
+        "    plan_record: billing_safe\n"
+    )
+    p = Policy.from_yaml(text)
+    assert p.decide("free", "starter").plan_record is PlanRecordMode.NEXT_BOUNDARY
+    assert p.decide("free", "pro").plan_record is PlanRecordMode.BILLING_SAFE
+    assert p.decide("pro", "pro").plan_record is PlanRecordMode.NEXT_BOUNDARY  # same plan
+    assert (
+        p.explain("free", "pro")[-2]
+        == "plan record: billing_safe (rules[0] (pro is billed safely))"
+    )
+    assert p.explain("free", "starter")[-2] == "plan record: next_boundary (defaults.plan_record)"
+    with pytest.raises(PolicyError) as e:
+        Policy.from_yaml("ladder: [a]\ndefaults:\n  plan_record: billing_saf\n", source="p.yaml")
+    assert str(e.value) == (
+        "p.yaml:3: defaults.plan_record: 'billing_saf' is not one of billing_safe, "
+        "next_boundary; did you mean 'billing_safe'?"
+    )
+    with pytest.raises(PolicyError, match=r"rules\[0\]\.plan_record"):
+        Policy.from_yaml("ladder: [a]\nrules:\n  - timing: immediate\n    plan_record: later\n")

@@ -175,3 +175,41 @@ def test_quote_json_and_errors(cli_env: Path) -> None:
     assert res.exit_code == 2 and "not found" in res.output
     res = CliRunner().invoke(app, ["quote", "acme", "--at", "yesterday"])
     assert res.exit_code == 2
+
+
+def test_billing_safe_change_and_status_say_when_and_why(
+    cli_env: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the example policy (``plan_record: billing_safe``) the upgrade edits only; the JSON
+    and the human output both say when the plan record converges and why."""
+    monkeypatch.setenv("RECONCILER_POLICY_PATH", str(POLICY))
+    res = CliRunner().invoke(app, ["change", "acme", "starter", "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    dry = json.loads(res.stdout)
+    assert [a["method"] for a in dry["actions"]] == ["PATCH"]
+    assert dry["converges_at"] == "2026-03-15T10:00:00Z"
+    assert dry["convergence"]["reason"].startswith(
+        "deferred: scheduling at 2026-02-15T10:00:00Z would stop OpenMeter prorating platform_fee"
+    )
+    assert _mutations(emulator) == []
+
+    res = CliRunner().invoke(app, ["change", "acme", "starter", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [a["action"] for a in doc["applied"]] == ["edit_items"]
+    assert doc["convergence"]["deferred"] is True
+    assert doc["converges_at"] == "2026-03-15T10:00:00Z"
+    assert [m.split(" ")[0] for m in _mutations(emulator)] == ["PATCH"]
+
+    res = CliRunner().invoke(app, ["status", "acme", "--json"])
+    st = json.loads(res.stdout)
+    assert st["desired"]["converges_at"] == "2026-03-15T10:00:00+00:00"
+    assert st["desired"]["convergence"]["schedule_at"] == "2026-02-15T10:00:00Z"
+    res = CliRunner().invoke(app, ["status", "acme"])
+    assert res.exit_code == 0
+    assert "plan record: deferred: scheduling at 2026-02-15T10:00:00Z" in " ".join(
+        res.stdout.split()
+    )
+
+    res = CliRunner().invoke(app, ["policy", "explain", "free", "starter", "--policy", str(POLICY)])
+    assert res.exit_code == 0 and "plan record: billing_safe (defaults.plan_record)" in res.stdout
