@@ -14,6 +14,7 @@ from reconciler.domain.model import (
     SubscriptionStatus,
 )
 from reconciler.domain.pricing.credits import credits_due
+from reconciler.domain.pricing.replay import observed_versions
 
 APR1 = datetime(2027, 4, 1, tzinfo=UTC)
 APR16 = datetime(2027, 4, 16, tzinfo=UTC)
@@ -50,7 +51,9 @@ def test_issued_in_advance_fee_shortened_by_an_edit_is_owed_back() -> None:
     )
     issued = Line("inv1", True, "l1", "v1", (APR1, MAY1), "USD", Decimal("150.00"))
     [c] = credits_due(
-        s, [issued, Line("inv2", False, "l2", "v2", (APR16, MAY1), "USD", Decimal("150"))]
+        s,
+        observed_versions(s),
+        [issued, Line("inv2", False, "l2", "v2", (APR16, MAY1), "USD", Decimal("150"))],
     )
     assert (c.item, c.amount, c.currency, c.period) == (
         "base_fee",
@@ -67,12 +70,11 @@ def test_issued_in_advance_fee_shortened_by_an_edit_is_owed_back() -> None:
 
 
 def test_nothing_is_owed_on_drafts_in_arrears_fees_or_unshortened_versions() -> None:
+    def owed(s: ObservedSubscription, line: Line) -> list[object]:
+        return list(credits_due(s, observed_versions(s), [line]))
+
+    issued = Line("i", True, "l", "v1", (APR1, MAY1), "USD", Decimal(150))
     draft = Line("inv1", False, "l1", "v1", (APR1, MAY1), "USD", Decimal("150.00"))
-    s = sub(item("v1", "150", APR1, APR16, "in_advance"))
-    assert credits_due(s, [draft]) == []
-    arrears = sub(item("v1", "150", APR1, APR16, "in_arrears"))
-    assert (
-        credits_due(arrears, [Line("i", True, "l", "v1", (APR1, MAY1), "USD", Decimal(150))]) == []
-    )
-    whole = sub(item("v1", "150", APR1, None, "in_advance"))
-    assert credits_due(whole, [Line("i", True, "l", "v1", (APR1, MAY1), "USD", Decimal(150))]) == []
+    assert owed(sub(item("v1", "150", APR1, APR16, "in_advance")), draft) == []
+    assert owed(sub(item("v1", "150", APR1, APR16, "in_arrears")), issued) == []
+    assert owed(sub(item("v1", "150", APR1, None, "in_advance")), issued) == []

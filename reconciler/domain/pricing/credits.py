@@ -17,7 +17,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
-from reconciler.domain.model import ObservedItem, ObservedSubscription
+from reconciler.domain.model import ObservedSubscription
 from reconciler.domain.periods import parse_duration, period_at
 from reconciler.domain.pricing.proration import (
     ProRatingConfig,
@@ -25,6 +25,7 @@ from reconciler.domain.pricing.proration import (
     should_prorate,
     truncate_to_second,
 )
+from reconciler.domain.pricing.quote import ItemVersion
 
 __all__ = ["CreditDue", "InvoicedLineLike", "credits_due"]
 
@@ -63,7 +64,7 @@ class CreditDue:
     line_id: str
 
 
-def _flat_in_advance(item: ObservedItem) -> Decimal | None:
+def _flat_in_advance(item: ItemVersion) -> Decimal | None:
     price = item.price
     if not price or price.get("type") != "flat":
         return None
@@ -75,27 +76,25 @@ def _flat_in_advance(item: ObservedItem) -> Decimal | None:
         return None
 
 
-def _versions(sub: ObservedSubscription) -> Iterable[ObservedItem]:
-    for phase in sub.phases:
-        timelines = phase.timelines or {i.key: (i,) for i in phase.items}
-        for versions in timelines.values():
-            yield from versions
-
-
-def credits_due(sub: ObservedSubscription, lines: Sequence[InvoicedLineLike]) -> list[CreditDue]:
-    """Credits owed on ``sub``'s issued in-advance flat-fee lines whose item version now ends
-    before the line's service period does (an edit shortened it)."""
+def credits_due(
+    sub: ObservedSubscription,
+    versions: Iterable[ItemVersion],
+    lines: Sequence[InvoicedLineLike],
+) -> list[CreditDue]:
+    """Credits owed on ``sub``'s issued in-advance flat-fee lines whose item version (in
+    ``versions``: as observed, or as an edit would leave them) ends before the line's service
+    period does."""
     by_item: dict[str, list[InvoicedLineLike]] = {}
     for line in lines:
         if line.immutable and line.item_id:
             by_item.setdefault(line.item_id, []).append(line)
     config = ProRatingConfig(enabled=sub.pro_rating_enabled)
     out: list[CreditDue] = []
-    for item in _versions(sub):
+    for item in versions:
         amount = _flat_in_advance(item)
         if amount is None or item.active_to is None or item.billing_cadence is None:
             continue
-        for line in by_item.get(item.id, ()):
+        for line in by_item.get(item.item_id or "", ()):
             start, end = line.period
             if not start < item.active_to < end:
                 continue

@@ -106,6 +106,7 @@ class ItemVersion:
     full_service_period: Window | None = None
     invoiced_amount: Decimal | None = None
     version: int | None = None
+    item_id: str | None = None  # the subscription item (version) id, for observed versions
 
     @classmethod
     def from_observed(
@@ -131,6 +132,7 @@ class ItemVersion:
             full_service_period=full_service_period,
             invoiced_amount=invoiced_amount,
             version=version,
+            item_id=item.id,
         )
 
 
