@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from contract import assert_exchange, assert_response
 
 from reconciler.emulator import Clock, create_app
+from tests.contract import assert_exchange, assert_response
 
 CATALOG = Path(__file__).resolve().parents[2] / "config" / "catalog.demo.yaml"
 T0 = datetime(2026, 3, 10, 8, 30, 45, 123456, tzinfo=UTC)
