@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription, Plan, Timing
 from reconciler.domain.planner import PlanResult, effective_plan, items_match
+from reconciler.domain.timefmt import iso_z
 
 
 def _num(d: Decimal | None) -> int | str | None:
@@ -106,8 +107,8 @@ def preview_document(
         "state": result.state.value,
         "direction": result.direction.value,
         "timing": result.timing.value if result.timing else None,
-        "effective_at": _iso(result.effective_at),
-        "converges_at": _iso(result.converges_at),
+        "effective_at": iso_z(result.effective_at),
+        "converges_at": iso_z(result.converges_at),
         "rule": result.rule,
         "reason": result.reason,
         "refusal": result.refusal,
@@ -127,10 +128,10 @@ def subscription_view(sub: ObservedSubscription | None, now: datetime) -> dict[s
         "status": sub.status.value,
         "plan": str(sub.plan) if sub.plan else None,
         "effective_plan": str(eff) if eff else None,
-        "active_from": _iso(sub.active_from),
-        "active_to": _iso(sub.active_to),
+        "active_from": iso_z(sub.active_from),
+        "active_to": iso_z(sub.active_to),
         "current_period": (
-            {"from": _iso(sub.current_period[0]), "to": _iso(sub.current_period[1])}
+            {"from": iso_z(sub.current_period[0]), "to": iso_z(sub.current_period[1])}
             if sub.current_period
             else None
         ),
@@ -154,10 +155,6 @@ def matches_plan(sub: ObservedSubscription, plan: Plan, now: datetime) -> bool:
     phase = sub.phase_at(now)
     target_phase = plan.phase(phase.key) if phase else None
     return bool(phase and target_phase and items_match(phase, target_phase))
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
 def values_view(values: Mapping[str, EntitlementValue]) -> dict[str, Any]:
