@@ -93,6 +93,21 @@ def entitlement_effects(
     return out
 
 
+def change_summary(result: PlanResult, target: Plan) -> dict[str, Any]:
+    """What a planned change is, as the preview and the quote both report it: the target, the
+    plan it comes from, the planner's state, direction and timing, and when it takes effect and
+    converges."""
+    return {
+        "target": {"key": target.key, "version": target.version},
+        "from_plan": str(result.from_plan) if result.from_plan else None,
+        "state": result.state.value,
+        "direction": result.direction.value,
+        "timing": result.timing.value if result.timing else None,
+        "effective_at": iso_z(result.effective_at),
+        "converges_at": iso_z(result.converges_at),
+    }
+
+
 def preview_document(
     observed: Observed,
     result: PlanResult,
@@ -102,13 +117,7 @@ def preview_document(
     return {
         "customer": observed.customer_key or observed.customer_id,
         "customer_id": observed.customer_id,
-        "target": {"key": target.key, "version": target.version},
-        "from_plan": str(result.from_plan) if result.from_plan else None,
-        "state": result.state.value,
-        "direction": result.direction.value,
-        "timing": result.timing.value if result.timing else None,
-        "effective_at": iso_z(result.effective_at),
-        "converges_at": iso_z(result.converges_at),
+        **change_summary(result, target),
         "rule": result.rule,
         "reason": result.reason,
         "refusal": result.refusal,

@@ -55,6 +55,7 @@ from reconciler.domain.pricing import (
     service_window,
 )
 from reconciler.domain.timefmt import iso_z
+from reconciler.engine.preview import change_summary
 from reconciler.openmeter.client import OpenMeterClient
 
 if TYPE_CHECKING:
@@ -526,13 +527,7 @@ def _change_json(result: PlanResult | None, target: Plan) -> dict[str, Any] | No
     if result is None:
         return None
     return {
-        "target": {"key": target.key, "version": target.version},
-        "from_plan": str(result.from_plan) if result.from_plan else None,
-        "state": result.state.value,
-        "direction": result.direction.value,
-        "timing": result.timing.value if result.timing else None,
-        "effective_at": iso_z(result.effective_at),
-        "converges_at": iso_z(result.converges_at),
+        **change_summary(result, target),
         "actions": [a.kind for a in result.actions],
         "refusal": result.refusal,
     }
