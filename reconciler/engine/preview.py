@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription, Plan, Timing
 from reconciler.domain.planner import PlanResult, effective_plan, items_match
+from reconciler.domain.timefmt import iso_z
 
 
 def _num(d: Decimal | None) -> int | str | None:
@@ -92,6 +93,22 @@ def entitlement_effects(
     return out
 
 
+def change_summary(result: PlanResult, target: Plan) -> dict[str, Any]:
+    """What a planned change is, as the preview and the quote both report it: the target, the
+    plan it comes from, the planner's state, direction and timing, and when it takes effect and
+    converges."""
+    return {
+        "target": {"key": target.key, "version": target.version},
+        "from_plan": str(result.from_plan) if result.from_plan else None,
+        "state": result.state.value,
+        "direction": result.direction.value,
+        "timing": result.timing.value if result.timing else None,
+        "effective_at": iso_z(result.effective_at),
+        "converges_at": iso_z(result.converges_at),
+        "convergence": convergence_view(result),
+    }
+
+
 def preview_document(
     observed: Observed,
     result: PlanResult,
@@ -101,14 +118,7 @@ def preview_document(
     return {
         "customer": observed.customer_key or observed.customer_id,
         "customer_id": observed.customer_id,
-        "target": {"key": target.key, "version": target.version},
-        "from_plan": str(result.from_plan) if result.from_plan else None,
-        "state": result.state.value,
-        "direction": result.direction.value,
-        "timing": result.timing.value if result.timing else None,
-        "effective_at": _iso(result.effective_at),
-        "converges_at": _iso(result.converges_at),
-        "convergence": convergence_view(result),
+        **change_summary(result, target),
         "rule": result.rule,
         "reason": result.reason,
         "refusal": result.refusal,
@@ -124,17 +134,17 @@ def convergence_view(result: PlanResult) -> dict[str, Any] | None:
     if c is None:
         return None
     return {
-        "converges_at": _iso(c.at),
-        "schedule_at": _iso(c.schedule_at),
+        "converges_at": iso_z(c.at),
+        "schedule_at": iso_z(c.schedule_at),
         "deferred": c.deferred,
         "reason": c.reason,
         "suppressed": [
             {
                 "item": x.item,
-                "boundary": _iso(x.boundary),
+                "boundary": iso_z(x.boundary),
                 "service_period": {
-                    "from": _iso(x.service_period[0]),
-                    "to": _iso(x.service_period[1]),
+                    "from": iso_z(x.service_period[0]),
+                    "to": iso_z(x.service_period[1]),
                 },
                 "prorated": str(x.prorated),
                 "billed_if_scheduled": str(x.billed),
@@ -154,10 +164,10 @@ def subscription_view(sub: ObservedSubscription | None, now: datetime) -> dict[s
         "status": sub.status.value,
         "plan": str(sub.plan) if sub.plan else None,
         "effective_plan": str(eff) if eff else None,
-        "active_from": _iso(sub.active_from),
-        "active_to": _iso(sub.active_to),
+        "active_from": iso_z(sub.active_from),
+        "active_to": iso_z(sub.active_to),
         "current_period": (
-            {"from": _iso(sub.current_period[0]), "to": _iso(sub.current_period[1])}
+            {"from": iso_z(sub.current_period[0]), "to": iso_z(sub.current_period[1])}
             if sub.current_period
             else None
         ),
@@ -181,10 +191,6 @@ def matches_plan(sub: ObservedSubscription, plan: Plan, now: datetime) -> bool:
     phase = sub.phase_at(now)
     target_phase = plan.phase(phase.key) if phase else None
     return bool(phase and target_phase and items_match(phase, target_phase))
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat().replace("+00:00", "Z") if dt else None
 
 
 def values_view(values: Mapping[str, EntitlementValue]) -> dict[str, Any]:

@@ -54,7 +54,8 @@ from reconciler.domain.pricing import (
     service_window,
 )
 from reconciler.domain.pricing.replay import observed_versions, replay_edit
-from reconciler.engine.preview import convergence_view
+from reconciler.domain.timefmt import iso_z
+from reconciler.engine.preview import change_summary
 from reconciler.openmeter.client import OpenMeterClient
 
 if TYPE_CHECKING:
@@ -198,10 +199,6 @@ def _s(d: Decimal | None) -> str | None:
     return None if d is None else format(d, "f")
 
 
-def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat().replace("+00:00", "Z") if dt else None
-
-
 def quote_json(q: Quote) -> dict[str, Any]:
     return {
         "total": _s(q.total),
@@ -212,7 +209,7 @@ def quote_json(q: Quote) -> dict[str, Any]:
                 "name": ln.name,
                 "version": ln.version,
                 "feature_key": ln.feature_key,
-                "period": {"from": _iso(ln.period_from), "to": _iso(ln.period_to)},
+                "period": {"from": iso_z(ln.period_from), "to": iso_z(ln.period_to)},
                 "price_type": ln.price_type,
                 "mode": ln.mode,
                 "payment_term": ln.payment_term,
@@ -249,7 +246,7 @@ def difference_json(d: QuoteDifference) -> dict[str, Any]:
             {
                 "key": ln.key,
                 "name": ln.name,
-                "period": {"from": _iso(ln.period_from), "to": _iso(ln.period_to)},
+                "period": {"from": iso_z(ln.period_from), "to": iso_z(ln.period_to)},
                 "before": _s(ln.before.amount) if ln.before else None,
                 "after": _s(ln.after.amount) if ln.after else None,
                 "delta": _s(ln.delta),
@@ -306,8 +303,8 @@ class Quoter:
             "customer_id": observed.customer_id,
             "subscription_id": sub.id,
             "plan": str(sub.plan) if sub.plan else None,
-            "as_of": _iso(now),
-            "at": _iso(when),
+            "as_of": iso_z(now),
+            "at": iso_z(when),
             "change": _change_json(result, target) if target is not None else None,
         }
         doc.update(charges_document(charges))
@@ -338,13 +335,13 @@ class Quoter:
             raise QuoteError(f"subscription {sub.id} has no current billing period")
         if not period[0] <= at < period[1]:
             raise QuoteError(
-                f"at {_iso(at)} is outside the current billing period "
-                f"[{_iso(period[0])}, {_iso(period[1])})"
+                f"at {iso_z(at)} is outside the current billing period "
+                f"[{iso_z(period[0])}, {iso_z(period[1])})"
             )
         notes: list[str] = []
         if at < now and result is not None:
             notes.append(
-                f"the change is quoted as if made at {_iso(at)}, before now ({_iso(now)}); "
+                f"the change is quoted as if made at {iso_z(at)}, before now ({iso_z(now)}); "
                 "a real change takes effect when it is made"
             )
         full = period_at(sub.billing_anchor, parse_duration(sub.billing_cadence), period[0])
@@ -381,7 +378,7 @@ class Quoter:
         except (PriceError, UnknownCurrencyError) as exc:
             raise QuoteError(f"cannot price subscription {sub.id}: {exc}") from exc
         if any(_needs_usage(i) for i in observed_versions(sub, period)):
-            notes.append(f"usage is metered up to now ({_iso(now)}); future usage is not forecast")
+            notes.append(f"usage is metered up to now ({iso_z(now)}); future usage is not forecast")
         if any(
             ln.payment_term == "in_advance" and ln.proration is not None
             for q in (current, with_change)
@@ -459,7 +456,7 @@ def _after_change(
             sub_end = boundary
     if result.timing is not None and result.timing.value == "next_billing_cycle":
         notes.append(
-            f"the change takes effect at the next billing cycle ({_iso(result.effective_at)}); "
+            f"the change takes effect at the next billing cycle ({iso_z(result.effective_at)}); "
             "this period's items are unchanged"
         )
     return versions, sub_end
@@ -469,14 +466,7 @@ def _change_json(result: PlanResult | None, target: Plan) -> dict[str, Any] | No
     if result is None:
         return None
     return {
-        "target": {"key": target.key, "version": target.version},
-        "from_plan": str(result.from_plan) if result.from_plan else None,
-        "state": result.state.value,
-        "direction": result.direction.value,
-        "timing": result.timing.value if result.timing else None,
-        "effective_at": _iso(result.effective_at),
-        "converges_at": _iso(result.converges_at),
-        "convergence": convergence_view(result),
+        **change_summary(result, target),
         "actions": [a.kind for a in result.actions],
         "refusal": result.refusal,
     }
@@ -485,7 +475,7 @@ def _change_json(result: PlanResult | None, target: Plan) -> dict[str, Any] | No
 def charges_document(c: Charges) -> dict[str, Any]:
     """``{period, currency, current, with_change, difference, notes}`` with string amounts."""
     return {
-        "period": {"from": _iso(c.period[0]), "to": _iso(c.period[1])},
+        "period": {"from": iso_z(c.period[0]), "to": iso_z(c.period[1])},
         "currency": c.currency,
         "current": quote_json(c.current),
         "with_change": quote_json(c.with_change) if c.with_change is not None else None,

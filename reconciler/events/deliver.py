@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from reconciler.domain.timefmt import iso_z
 from reconciler.events.signing import decode_secret, headers
 from reconciler.logs import bound, get_logger
 from reconciler.store import Store
@@ -84,13 +85,9 @@ def nominal_attempts(window: timedelta = RETRY_WINDOW) -> int:
         attempts += 1
 
 
-def _iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
 def body_of(event: OutboxEvent) -> bytes:
     """The JSON body: ``{"type", "timestamp", "data"}``; identical on every attempt."""
-    doc = {"type": event.type, "timestamp": _iso(event.created_at), "data": dict(event.payload)}
+    doc = {"type": event.type, "timestamp": iso_z(event.created_at), "data": dict(event.payload)}
     return json.dumps(doc, separators=(",", ":"), default=str).encode()
 
 
@@ -202,7 +199,7 @@ class EventDeliverer:
         if gone.is_set():
             stats.gone = True
             stats.disabled = await self.store.disable_pending(
-                f"receiver answered 410 Gone at {_iso(now)}: delivery disabled"
+                f"receiver answered 410 Gone at {iso_z(now)}: delivery disabled"
             )
             log.error(
                 "events_receiver_gone",
@@ -290,7 +287,7 @@ class EventDeliverer:
                     type=event.type,
                     attempts=n,
                     error=attempt.error,
-                    retry_at=_iso(retry_at),
+                    retry_at=iso_z(retry_at),
                 )
             except (InvalidTransitionError, EventNotFoundError) as exc:
                 # Changed meanwhile (disabled, requeued by an operator): the store wins.

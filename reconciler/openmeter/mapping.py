@@ -36,11 +36,13 @@ from reconciler.domain.model import (
     canonical_json,
 )
 from reconciler.openmeter.models import (
+    BooleanEntitlementTemplate,
     EntitlementBase,
     EntitlementMetered,
     EntitlementStatic,
     EntitlementValueModel,
     MeteredEntitlementTemplate,
+    OtherEntitlementTemplate,
     PlanModel,
     RateCardBase,
     StaticEntitlementTemplate,
@@ -123,26 +125,43 @@ def rate_card_raw(card: RateCardBase) -> dict[str, Any]:
     return raw
 
 
+_TemplateSource = (
+    MeteredEntitlementTemplate
+    | StaticEntitlementTemplate
+    | BooleanEntitlementTemplate
+    | OtherEntitlementTemplate
+    | EntitlementBase
+)
+
+
+def _template(src: _TemplateSource, usage_period: str | None) -> EntitlementTemplate:
+    """The domain template of a rate card's entitlement template or of an entitlement
+    materialised from one (the two name the template's fields alike); ``usage_period`` is the
+    metered one's, already resolved by the caller."""
+    metadata = dict(src.metadata or {})
+    if isinstance(src, MeteredEntitlementTemplate | EntitlementMetered):
+        return EntitlementTemplate(
+            type="metered",
+            issue_after_reset=src.issue_after_reset,
+            usage_period=usage_period,
+            is_soft_limit=bool(src.is_soft_limit),
+            preserve_overage_at_reset=bool(src.preserve_overage_at_reset),
+            issue_after_reset_priority=src.issue_after_reset_priority,
+            metadata=metadata,
+        )
+    if isinstance(src, StaticEntitlementTemplate | EntitlementStatic):
+        return EntitlementTemplate(
+            type="static", config=_config_norm(src.config), metadata=metadata
+        )
+    return EntitlementTemplate(type=src.type, metadata=metadata)
+
+
 def to_entitlement_template(card: RateCardBase) -> EntitlementTemplate | None:
     tpl = card.entitlement_template
     if tpl is None:
         return None
-    metadata = dict(tpl.metadata or {})
-    if isinstance(tpl, MeteredEntitlementTemplate):
-        return EntitlementTemplate(
-            type="metered",
-            issue_after_reset=tpl.issue_after_reset,
-            usage_period=tpl.usage_period or card.billing_cadence,
-            is_soft_limit=bool(tpl.is_soft_limit),
-            preserve_overage_at_reset=bool(tpl.preserve_overage_at_reset),
-            issue_after_reset_priority=tpl.issue_after_reset_priority,
-            metadata=metadata,
-        )
-    if isinstance(tpl, StaticEntitlementTemplate):
-        return EntitlementTemplate(
-            type="static", config=_config_norm(tpl.config), metadata=metadata
-        )
-    return EntitlementTemplate(type=tpl.type, metadata=metadata)
+    usage_period = tpl.usage_period if isinstance(tpl, MeteredEntitlementTemplate) else None
+    return _template(tpl, usage_period or card.billing_cadence)
 
 
 def to_rate_card(card: RateCardBase) -> RateCard:
@@ -183,23 +202,8 @@ def to_plan(plan: PlanModel) -> Plan:
 
 def entitlement_template_of(ent: EntitlementBase) -> EntitlementTemplate:
     """The entitlement template an observed entitlement was materialised from."""
-    metadata = dict(ent.metadata or {})
-    if isinstance(ent, EntitlementMetered):
-        up = ent.usage_period
-        return EntitlementTemplate(
-            type="metered",
-            issue_after_reset=ent.issue_after_reset,
-            usage_period=usage_period_iso(up.interval, up.interval_iso) if up else None,
-            is_soft_limit=bool(ent.is_soft_limit),
-            preserve_overage_at_reset=bool(ent.preserve_overage_at_reset),
-            issue_after_reset_priority=ent.issue_after_reset_priority,
-            metadata=metadata,
-        )
-    if isinstance(ent, EntitlementStatic):
-        return EntitlementTemplate(
-            type="static", config=_config_norm(ent.config), metadata=metadata
-        )
-    return EntitlementTemplate(type=ent.type, metadata=metadata)
+    up = ent.usage_period
+    return _template(ent, usage_period_iso(up.interval, up.interval_iso) if up else None)
 
 
 def to_observed_item(item: SubscriptionItem) -> ObservedItem:

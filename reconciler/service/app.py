@@ -34,6 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from reconciler.domain.timefmt import iso_z
 from reconciler.engine.catalog import UnknownPlan
 from reconciler.engine.pacing import Pacer
 from reconciler.engine.quote import QuoteError, Quoter, parse_at
@@ -67,10 +68,6 @@ IDEMPOTENCY_KEY_MAX = 256
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt is not None else None
-
-
 class JSON(JSONResponse):
     """JSON that also renders Decimals and datetimes (preview and status documents)."""
 
@@ -80,7 +77,7 @@ class JSON(JSONResponse):
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime):
-        return _iso(value)
+        return iso_z(value)
     return str(value)
 
 
@@ -94,16 +91,16 @@ def change_view(c: ChangeRecord) -> dict[str, Any]:
         "status": c.status.value,
         "source": c.source.value,
         "source_id": c.source_id,
-        "requested_at": _iso(c.requested_at),
-        "received_at": _iso(c.received_at),
-        "updated_at": _iso(c.updated_at),
+        "requested_at": iso_z(c.requested_at),
+        "received_at": iso_z(c.received_at),
+        "updated_at": iso_z(c.updated_at),
         "direction": c.direction.value if c.direction else None,
         "timing": c.timing.value if c.timing else None,
         "rule": c.rule,
-        "effective_at": _iso(c.effective_at),
-        "converges_at": _iso(c.converges_at),
+        "effective_at": iso_z(c.effective_at),
+        "converges_at": iso_z(c.converges_at),
         "attempts": c.attempts,
-        "next_attempt_at": _iso(c.next_attempt_at),
+        "next_attempt_at": iso_z(c.next_attempt_at),
         "last_error": c.last_error,
     }
 
@@ -116,10 +113,10 @@ def event_view(e: OutboxEvent) -> dict[str, Any]:
         "change_id": e.change_id,
         "status": e.status.value,
         "attempts": e.attempts,
-        "next_attempt_at": _iso(e.next_attempt_at),
+        "next_attempt_at": iso_z(e.next_attempt_at),
         "last_error": e.last_error,
-        "created_at": _iso(e.created_at),
-        "delivered_at": _iso(e.delivered_at),
+        "created_at": iso_z(e.created_at),
+        "delivered_at": iso_z(e.delivered_at),
         "payload": dict(e.payload),
     }
 
@@ -379,7 +376,7 @@ def _change_body(change: ChangeRecord, req: wh.PlanChange) -> dict[str, Any]:
         "customer": req.customer,
         "plan": req.plan,
         "plan_version": req.plan_version,
-        "requested_at": _iso(req.requested_at),
+        "requested_at": iso_z(req.requested_at),
     }
 
 
@@ -426,7 +423,7 @@ async def _store_change(
             source=source.value,
             plan=change.plan_key,
             plan_version=change.plan_version,
-            requested_at=_iso(change.requested_at),
+            requested_at=iso_z(change.requested_at),
             status=change.status.value,
             superseded=list(result.superseded_ids),
         )

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from contract import assert_exchange, assert_response
 
 from reconciler.emulator import Clock, create_app
+from tests.contract import assert_exchange, assert_response
 
 CATALOG = Path(__file__).resolve().parents[2] / "config" / "catalog.demo.yaml"
 T0 = datetime(2026, 3, 10, 8, 30, 45, 123456, tzinfo=UTC)
@@ -19,7 +19,7 @@ def check_contract(resp: httpx.Response) -> None:
     """The request and the response (problem bodies included) against OpenMeter's contract.
 
     ``keyVersion[key]=v`` is the form OpenMeter's handler reads, but the spec declares the
-    values as arrays that no deepObject encoding can carry (see tests/client notes), so for that
+    values as arrays that no deepObject encoding can carry (see tests/openmeter notes), so for that
     one parameter only the response is checked."""
     if any(k.startswith("keyVersion[") for k in resp.request.url.params):
         assert_response(resp.request, resp)

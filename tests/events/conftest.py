@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from portal import Receiver, running_receiver
 
 from reconciler.store import Store
+from tests.portal import Receiver, running_receiver
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from portal import SECRET, Receiver
 from structlog.testing import capture_logs
 
 from reconciler.engine.clock import FixedClock
 from reconciler.events import EventDeliverer, body_of, decode_secret, retry_delay, sign
 from reconciler.store import Store
 from reconciler.store.types import EventStatus, NewEvent
+from tests.portal import SECRET, Receiver
 
 T0 = datetime(2026, 4, 10, 8, 30, tzinfo=UTC)
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from portal import SECRET, Receiver
 
 from reconciler.emulator.server import EmulatorServer
 from reconciler.events import EventDeliverer
 from reconciler.runtime import open_runtime
 from reconciler.settings import Settings
 from reconciler.store.types import ChangeSource
+from tests.portal import SECRET, Receiver
 
 ROOT = Path(__file__).resolve().parents[2]
 START = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)

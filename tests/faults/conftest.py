@@ -8,17 +8,11 @@ and drop it; locally a missing server skips them, in CI it fails them.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.harness import EmulatorProc, pg_available, pg_database  # noqa: E402
+from benchmarks.harness import EmulatorProc, pg_available, pg_database
 
 IN_CI = bool(os.environ.get("CI"))
 

@@ -22,13 +22,13 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from pg import fresh_database
 from starlette.applications import Starlette
 
 from reconciler.emulator.server import EmulatorServer
 from reconciler.service.app import Service, create_app
 from reconciler.service.webhooks import sign
 from reconciler.settings import Settings
+from tests.pg import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "config" / "catalog.demo.yaml"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portal import SECRET as PORTAL_SECRET
-from portal import running_receiver
+from tests.portal import SECRET as PORTAL_SECRET
+from tests.portal import running_receiver
 
 from .conftest import Emu, ServiceServer, make_settings, plan_change, wait_for
 

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pg import fresh_database
 
 from reconciler.store import Store
+from tests.pg import fresh_database
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from pg import PG_ADMIN_DSN
 
 from reconciler.store import Store, StoreUnavailable
+from tests.pg import PG_ADMIN_DSN
 
 from .conftest import T0
 

@@ -149,7 +149,8 @@ async def test_unreachable_postgres_surfaces_store_unavailable(clock: Clock) -> 
 async def test_postgres_restart_like_disconnect_recovers(pg_database: str, clock: Clock) -> None:
     """Server-side termination of pooled connections: the retry hides it from callers."""
     import psycopg
-    from pg import PG_ADMIN_DSN
+
+    from tests.pg import PG_ADMIN_DSN
 
     s = await Store.open(pg_database, instance_id="d", clock=clock)
     try:

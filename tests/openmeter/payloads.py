@@ -1,5 +1,5 @@
 """Realistic OpenMeter beta.227 JSON, following the examples of
-``/work/shared/reference/openmeter-semantics.md`` §3 (field lists from ``api/openapi.yaml``)."""
+``../shared/reference/openmeter-semantics.md`` §3 (field lists from ``api/openapi.yaml``)."""
 
 from __future__ import annotations
 

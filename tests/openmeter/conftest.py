@@ -4,9 +4,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import respx
-from contract import assert_request as assert_valid
 
 from reconciler.openmeter.client import CallRecord, OpenMeterClient
+from tests.contract import assert_request as assert_valid
 
 BASE = "http://openmeter.test:8888"
 

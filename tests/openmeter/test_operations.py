@@ -13,7 +13,6 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import respx
-from contract import assert_request as assert_valid
 
 from reconciler.domain.model import Timing
 from reconciler.openmeter import NotFound, OpenMeterClient
@@ -25,6 +24,7 @@ from reconciler.openmeter.models import (
     PlanModel,
     TieredPrice,
 )
+from tests.contract import assert_request as assert_valid
 
 from .payloads import (
     CHANGE_RESPONSE,
