@@ -94,6 +94,7 @@ UPDATABLE_CHANGE_FIELDS = frozenset(
         "attempts",
         "next_attempt_at",
         "details",
+        "observed_mark",
     }
 )
 
@@ -342,6 +343,7 @@ def _desired_summaries(postgresql: bool) -> sa.Select[Any]:
             change_requests.c.plan_version,
             change_requests.c.status,
             change_requests.c.converges_at,
+            change_requests.c.observed_mark,
         )
         .join(customers, customers.c.desired_change_id == change_requests.c.id)
         .where(refs)
@@ -362,9 +364,9 @@ async def _read_summaries(
     query = _Q_DESIRED_SUMMARIES[postgresql]
     for i in range(0, len(refs), 500):
         rows = await conn.execute(query, {"b_refs": refs[i : i + 500]})
-        for ref, id_, customer, plan_key, plan_version, status, converges_at in rows:
+        for ref, id_, customer, plan_key, plan_version, status, converges_at, mark in rows:
             out[ref] = DesiredSummary(
-                id_, customer, plan_key, plan_version, _TO_STATUS(status), converges_at
+                id_, customer, plan_key, plan_version, _TO_STATUS(status), converges_at, mark
             )
 
 
@@ -1369,6 +1371,26 @@ class Store:
             return await self._update_change_row(conn, change_id, values, expected, events)
 
         return await self._tx(op, write=True)
+
+    async def refresh_observed_mark(self, change_id: str, old: str | None, new: str) -> bool:
+        """The sweep's write when a converged customer's subscription moved but its items did
+        not: replace the change's ``observed_mark`` if it is still ``old`` and the change still
+        converged (a reconcile that settled it meanwhile wrote its own). True if written."""
+        c = change_requests.c
+        q = (
+            change_requests.update()
+            .where(
+                c.id == change_id,
+                c.status == ChangeStatus.CONVERGED.value,
+                c.observed_mark.is_(None) if old is None else c.observed_mark == old,
+            )
+            .values(observed_mark=new)
+        )
+
+        async def op(conn: AsyncConnection) -> bool:
+            return bool((await conn.execute(q)).rowcount)
+
+        return await self._tx(op, write=True, idempotent=True)
 
     async def commit(
         self,

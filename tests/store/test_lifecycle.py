@@ -46,7 +46,7 @@ async def test_migrate_is_idempotent_and_is_migrated(db_url: str, clock: Clock) 
 
         names, version = await s._tx(read, write=False)
         assert {"change_requests", "customers", "audit_log", "outbox_events"} <= names
-        assert [tuple(r) for r in version] == [("0003",)]
+        assert [tuple(r) for r in version] == [("0004",)]
         assert await s.ping() is True
     finally:
         await s.close()
