@@ -13,6 +13,7 @@ from reconciler.store.errors import (
     StoreConflictError,
     StoreError,
     StoreLockedError,
+    StoreReadOnlyError,
     StoreUnavailable,
 )
 from reconciler.store.store import Claim, Leadership, Store, advisory_key
@@ -56,6 +57,7 @@ __all__ = [
     "StoreConflictError",
     "StoreError",
     "StoreLockedError",
+    "StoreReadOnlyError",
     "StoreUnavailable",
     "SubmitResult",
     "advisory_key",

@@ -53,6 +53,7 @@ from reconciler.store.errors import (
     StoreConflictError,
     StoreError,
     StoreLockedError,
+    StoreReadOnlyError,
     StoreUnavailable,
 )
 from reconciler.store.ids import new_event_id, new_ulid
@@ -708,6 +709,7 @@ class Store:
         clock: Callable[[], datetime],
         retries: int,
         lock_fd: int | None,
+        read_only: bool = False,
     ) -> None:
         # PostgreSQL: an async engine (psycopg 3). SQLite: a sync engine used only from one
         # database thread, where each transaction runs whole (``_thread_tx``). (PostgreSQL
@@ -727,6 +729,7 @@ class Store:
         self._clock = clock
         self._retries = retries
         self._lock_fd = lock_fd
+        self.read_only = read_only
         self._sqlite = is_sqlite(url)
         self._sqlite_claims: set[str] = set()
         self._leaderships: set[Leadership] = set()
@@ -745,8 +748,15 @@ class Store:
         max_overflow: int = 20,
         retries: int = 3,
         busy_timeout_ms: int = 5000,
+        read_only: bool = False,
     ) -> Store:
-        """Open (not migrate) the database. SQLite files are locked against a second process."""
+        """Open (not migrate) the database. SQLite files are locked against a second process.
+
+        ``read_only``: no writes (``StoreReadOnlyError``), and on SQLite no lock either, so the
+        CLI's read-only commands run beside ``reconciler run`` on the same file (WAL lets
+        readers in while the service writes; they read the last committed state). The file
+        must exist.
+        """
         u = normalize_url(url)
         instance = instance_id or f"{socket.gethostname()}-{os.getpid()}"
         lock_fd: int | None = None
@@ -754,6 +764,26 @@ class Store:
             path = sqlite_path(u)
             sync_url = u
             engine: AsyncEngine | Engine
+            if read_only and path is not None:
+                _require_sqlite_file(path)
+                engine = create_engine(
+                    sync_url,
+                    pool_size=2,
+                    max_overflow=0,
+                    connect_args={"check_same_thread": False},
+                )
+                _configure_sqlite(
+                    engine, wal=False, busy_timeout_ms=busy_timeout_ms, query_only=True
+                )
+                return cls(
+                    engine,
+                    u,
+                    instance_id=instance,
+                    clock=clock or _utcnow,
+                    retries=retries,
+                    lock_fd=None,
+                    read_only=True,
+                )
             if path is None:
                 engine = create_engine(
                     sync_url.set(database=":memory:"),
@@ -789,6 +819,7 @@ class Store:
             clock=clock or _utcnow,
             retries=retries,
             lock_fd=lock_fd,
+            read_only=read_only,
         )
 
     async def close(self) -> None:
@@ -858,6 +889,8 @@ class Store:
 
     async def migrate(self) -> None:
         """``alembic upgrade head``. On PostgreSQL an advisory lock serialises replicas."""
+        if self.read_only:
+            raise StoreReadOnlyError("the store is open read-only: it cannot be migrated")
         cfg = self._alembic_config()
 
         def upgrade(sync_conn: Connection) -> None:
@@ -929,6 +962,8 @@ class Store:
         """
         if self._closed:
             raise StoreError("store is closed")
+        if write and self.read_only:
+            raise StoreReadOnlyError("the store is open read-only")
         delay = 0.05
         for attempt in range(self._retries + 1):
             committing = [False]
@@ -1906,6 +1941,13 @@ class Store:
 # SQLite specifics
 
 
+def _require_sqlite_file(path: str) -> None:
+    """A read-only open never creates the database."""
+    db = Path(path).resolve()
+    if not db.exists():
+        raise StoreError(f"no SQLite database at {db}")
+
+
 def _lock_sqlite_file(path: str, instance_id: str) -> int:
     """Exclusive non-blocking flock on ``<db>.lock``; refuses a second process on the file."""
     db = Path(path).resolve()
@@ -1935,7 +1977,9 @@ def _lock_sqlite_file(path: str, instance_id: str) -> int:
     return fd
 
 
-def _configure_sqlite(engine: Engine, *, wal: bool, busy_timeout_ms: int) -> None:
+def _configure_sqlite(
+    engine: Engine, *, wal: bool, busy_timeout_ms: int, query_only: bool = False
+) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit transactions are not atomic for
@@ -1950,6 +1994,8 @@ def _configure_sqlite(engine: Engine, *, wal: bool, busy_timeout_ms: int) -> Non
             cur.execute("PRAGMA synchronous=FULL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA foreign_keys=ON")
+        if query_only:  # a reader beside the service: SQLite itself refuses any write
+            cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")
