@@ -482,7 +482,8 @@ async def _portal_webhook(svc: Service, request: Request, pacer: Pacer | None) -
                     svc, event, ChangeSource.WEBHOOK, hdrs.msg_id
                 )
     except ProblemError as err:
-        outcome = {401: "unauthorized", 413: "too_large"}.get(err.status)
+        # 409: the webhook-id was used before for a different request (not malformed)
+        outcome = {401: "unauthorized", 409: "conflict", 413: "too_large"}.get(err.status)
         if outcome is None:
             outcome = "invalid" if 400 <= err.status < 500 else "error"
         m.labels(outcome).inc()

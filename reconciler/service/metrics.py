@@ -16,6 +16,7 @@ WEBHOOK_OUTCOMES = (
     "accepted",
     "superseded",
     "duplicate",
+    "conflict",
     "ignored",
     "unauthorized",
     "invalid",
