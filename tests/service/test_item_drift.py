@@ -13,7 +13,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .conftest import Emu, ServiceServer, make_settings, plan_change, wait_for
+import pytest
+
+from .conftest import Emu, ServiceServer, make_settings, pg_query, plan_change, wait_for
 
 DAY = 86400
 
@@ -69,11 +71,27 @@ def converge_on_starter(emu: Emu, svc: ServiceServer, customer: str) -> None:
     wait_for(lambda: status_of(svc, customer) == "applied")
 
 
-def test_item_drift_is_healed_by_the_quick_sweep_once(emu: Emu, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'd.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def audit_rows(url: str, operation: str) -> list[tuple[Any, ...]]:
+    query = "SELECT kind, customer, data FROM audit_log WHERE operation = "
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            rows = conn.execute(query + "?", (operation,)).fetchall()
+        return [(k, c, json.loads(d)) for k, c, d in rows]
+    return pg_query(url, query + "%s", operation)  # JSONB comes back decoded
+
+
+def test_item_drift_is_healed_by_the_quick_sweep_once(emu: Emu, database: str) -> None:
     emu.customer("drifty")
     emu.advance(DAY)
-    db = tmp_path / "d.db"
-    s = make_settings(emu.url, f"sqlite:///{db}")
+    s = make_settings(emu.url, database)
     with ServiceServer(s, sweep_at_start=False) as svc:
         converge_on_starter(emu, svc, "drifty")
         emu.advance(32 * DAY)
@@ -107,12 +125,9 @@ def test_item_drift_is_healed_by_the_quick_sweep_once(emu: Emu, tmp_path: Path) 
         assert svc.metric("reconciler_drift_found_total", kind="items") == 1
         assert svc.metric("reconciler_drift_healed_total", kind="schedule_change") == 1
         # audited with what was found
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute(
-                "SELECT kind, customer, data FROM audit_log WHERE operation = 'drift_found'"
-            ).fetchall()
+        rows = audit_rows(database, "drift_found")
         assert len(rows) == 1
-        kind, who, data = rows[0][0], rows[0][1], json.loads(rows[0][2])
+        kind, who, data = rows[0]
         assert (kind, who, data["kind"], data["expected_plan"]) == (
             "decision",
             "drifty",
