@@ -7,8 +7,10 @@ and (on the leader replica) sweeps over OpenMeter's customers.
   ``due_poll_seconds`` with ``store.claim_due(now)``.
 * **Sweeps** (leader only, every ``sweep_interval_seconds``) list OpenMeter's customers page by
   page and reconcile those whose desired state is not what OpenMeter shows (a change made by hand,
-  a boundary passed while the reconciler was down, a scheduled change that vanished). The nightly
-  full sweep also adopts customers without desired state from the tags OpenMeter holds.
+  a boundary passed while the reconciler was down, a scheduled change that vanished, items
+  PATCHed by hand on a converged customer — seen through the observed mark stored at
+  convergence, ``reconciler.domain.drift``). The nightly full sweep also reads every converged
+  customer's items and adopts customers without desired state from the tags OpenMeter holds.
 
 Every reconcile goes through ``Engine.reconcile``, which claims the customer in the store, so one
 customer is never worked on twice at once, in this process or across replicas. The schedule lives
