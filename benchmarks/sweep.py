@@ -77,9 +77,41 @@ async def bare_loop(url: str, customers: int, concurrency: int = 1) -> float:
     return elapsed
 
 
-def seed_converged(url: str, customers: int, prefix: str = "cust-", plan: str = "free") -> float:
+def observed_marks(em_url: str) -> dict[str, str]:
+    """The mark the engine stores when a change converges (``reconciler.domain.drift``), per
+    customer key: the current subscription's ``id@updatedAt`` as the listing shows it (and a
+    placeholder digest: an unmoved token is never read). Untimed set-up."""
+    from reconciler.domain.drift import subscription_token
+
+    marks: dict[str, str] = {}
+    with httpx.Client(base_url=em_url, timeout=120) as http:
+        page = 1
+        while True:
+            r = http.get(
+                "/api/v1/customers",
+                params={"page": page, "pageSize": 1000, "expand": "subscriptions"},
+            )
+            r.raise_for_status()
+            items = r.json()["items"]
+            for c in items:
+                sub = next(s for s in c["subscriptions"] if s["status"] == "active")
+                at = datetime.fromisoformat(sub["updatedAt"].replace("Z", "+00:00"))
+                marks[c["key"]] = f"{subscription_token(sub['id'], at)} seed"
+            if len(items) < 1000:
+                return marks
+            page += 1
+
+
+def seed_converged(
+    url: str,
+    customers: int,
+    prefix: str = "cust-",
+    plan: str = "free",
+    marks: dict[str, str] | None = None,
+) -> float:
     """Give every bulk-loaded customer a converged desired state on ``plan`` (the store's own
-    migrations, then plain multi-row inserts); returns the seconds it took."""
+    migrations, then plain multi-row inserts), with the observed mark it would have stored at
+    convergence; returns the seconds it took."""
     import sqlalchemy as sa
 
     from reconciler.store.schema import change_requests
@@ -125,6 +157,7 @@ def seed_converged(url: str, customers: int, prefix: str = "cust-", plan: str = 
                             "status": "converged",
                             "updated_at": now,
                             "details": {},
+                            "observed_mark": (marks or {}).get(f"{prefix}{i}"),
                         }
                         for i in idx
                     ],
@@ -152,7 +185,8 @@ def run(
                 em.api.bulk(min(bulk_chunk, customers - start), start=start)
             load_s = time.perf_counter() - t0
             em.api.clear_requests()
-            seed_s = seed_converged(url, customers) if managed else None
+            marks = observed_marks(em.url) if managed else None
+            seed_s = seed_converged(url, customers, marks=marks) if managed else None
             svc = ServiceProc(d, em.url, url, log_level="WARNING", concurrency=8)
             # the sweep the service runs at start: wait for it, it is round 0 (not counted)
             wait_until(

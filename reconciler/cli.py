@@ -34,8 +34,8 @@ app.add_typer(policy_app, name="policy")
 events_app = typer.Typer(help="Outbound events to the portal.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # a message is one line, whatever the terminal width
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 EXIT_OK = 0
@@ -54,12 +54,93 @@ def _settings() -> Settings:
     return s
 
 
-def _run(factory: Callable[[], Awaitable[T]]) -> T:
+class AdminUnavailable(Exception):
+    """The running service's admin API cannot be used (no token, not reachable, refused)."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _run(factory: Callable[[], Awaitable[T]], *, locked_hint: str | None = None) -> T:
+    """Run a command's coroutine; an expected condition is one line on stderr and an exit
+    code, never a traceback. ``locked_hint``: what to do when the service holds the SQLite
+    database (the admin route to use)."""
+    from reconciler.openmeter.errors import NotFound, OpenMeterError
+    from reconciler.store import StoreError, StoreLockedError
+
     try:
         return asyncio.run(factory())  # type: ignore[arg-type]
     except PolicyError as exc:
         err.print(f"[red]policy error:[/red] {exc}")
-        raise typer.Exit(EXIT_BAD_INPUT) from exc
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except StoreLockedError as exc:
+        hint = f" {locked_hint}" if locked_hint else ""
+        err.print(f"[red]database in use:[/red] {_one_line(exc)}{hint}", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except StoreError as exc:
+        err.print(f"[red]database error:[/red] {_one_line(exc)}", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except AdminUnavailable as exc:
+        err.print(f"[red]admin API:[/red] {_one_line(exc)}", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except NotFound as exc:
+        err.print(f"[red]not found:[/red] {_one_line(exc.detail or exc)}", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except OpenMeterError as exc:
+        err.print(f"[red]OpenMeter error:[/red] {_one_line(exc)}", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except OSError as exc:  # e.g. an unreadable database directory
+        err.print(f"[red]error:[/red] {_one_line(exc)}", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except Exception as exc:
+        import httpx
+
+        if isinstance(exc, httpx.HTTPError):  # the clock URL, say
+            err.print(f"[red]HTTP error:[/red] {_one_line(exc) or type(exc).__name__}")
+            raise typer.Exit(EXIT_FAILED) from None
+        raise
+
+
+def _admin_base(settings: Settings) -> str:
+    """The running service's own port (``HTTP_HOST`` / ``HTTP_PORT``), on loopback when it
+    listens on every interface."""
+    host = settings.http_host
+    if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - where to connect, not listen
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http_port}"
+
+
+async def _admin_call(
+    settings: Settings, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    """One call of the running service's admin API; (status, JSON body)."""
+    import httpx
+
+    base = _admin_base(settings)
+    if settings.admin_token is None:
+        raise AdminUnavailable(
+            f"the service holds the database; {method} {path} on its admin API needs "
+            "RECONCILER_ADMIN_TOKEN (not set)"
+        )
+    headers = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            r = await http.request(method, path, headers=headers, json=body)
+    except httpx.HTTPError as exc:
+        raise AdminUnavailable(
+            f"the service holds the database but its admin API at {base} did not answer "
+            f"({type(exc).__name__}); use {method} {path} where it listens"
+        ) from None
+    try:
+        doc = r.json()
+    except ValueError:
+        doc = {"detail": r.text[:200]}
+    if r.status_code in (401, 403):
+        raise AdminUnavailable(f"{method} {base}{path}: {r.status_code} (check ADMIN_TOKEN)")
+    return r.status_code, doc
 
 
 def _print_json(doc: Any) -> None:
@@ -136,6 +217,68 @@ def change(
     raise typer.Exit(code)
 
 
+async def _probe_lock(settings: Settings) -> None:
+    """StoreLockedError when another process (the service) holds the SQLite database."""
+    from reconciler.store import Store
+
+    store = await Store.open(
+        settings.database_url.get_secret_value(), instance_id=settings.instance_id
+    )
+    await store.close()
+
+
+async def _open_store_for_reading(settings: Settings) -> Any:
+    """The store, read-only when the running service holds it (SQLite, WAL: the last committed
+    state); otherwise as before, migrated."""
+    from reconciler.runtime import require_migrated
+    from reconciler.store import Store, StoreLockedError
+
+    url = settings.database_url.get_secret_value()
+    try:
+        store = await Store.open(url, instance_id=settings.instance_id)
+    except StoreLockedError:
+        store = await Store.open(url, instance_id=settings.instance_id, read_only=True)
+        try:
+            await require_migrated(store)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+    try:
+        await store.migrate()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+async def _change_through_service(
+    settings: Settings, customer: str, plan: str, plan_version: int | None, as_json: bool
+) -> int:
+    """The service holds the database: store the request through its admin API (it reconciles
+    the customer at once); ``reconciler status`` shows how it went."""
+    from urllib.parse import quote
+
+    path = f"/v1/customers/{quote(customer, safe='')}/plan-change"
+    status, doc = await _admin_call(
+        settings, "POST", path, {"plan": plan, "plan_version": plan_version}
+    )
+    if status >= 400:
+        detail = doc.get("detail") if isinstance(doc, dict) else doc
+        err.print(f"[red]POST {path}: {status}[/red] {_one_line(detail)}", soft_wrap=True)
+        return EXIT_BAD_INPUT if status < 500 else EXIT_FAILED
+    if as_json:
+        _print_json(doc)
+    else:
+        got = doc if isinstance(doc, dict) else {}
+        out.print(
+            f"stored by the running service (POST {path}): change {got.get('change_id')} "
+            f"{got.get('status')} ({got.get('state')}); it reconciles now, "
+            f"`reconciler status {customer}` shows the result"
+        )
+    return EXIT_OK
+
+
 async def _change(
     settings: Settings,
     customer: str,
@@ -147,9 +290,15 @@ async def _change(
     from reconciler.engine.catalog import UnknownPlan
     from reconciler.openmeter.errors import NotFound, OpenMeterError
     from reconciler.runtime import open_runtime
+    from reconciler.store import StoreLockedError
     from reconciler.store.types import ChangeSource
 
-    async with open_runtime(settings, validate_policy=True) as rt:
+    if not dry_run:
+        try:
+            await _probe_lock(settings)
+        except StoreLockedError:
+            return await _change_through_service(settings, customer, plan, plan_version, as_json)
+    async with open_runtime(settings, validate_policy=True, read_only_if_locked=dry_run) as rt:
         try:
             doc = await rt.queries.preview(customer, plan, plan_version)
         except UnknownPlan as exc:
@@ -211,7 +360,8 @@ def status(
     async def go() -> dict[str, Any]:
         from reconciler.runtime import open_runtime
 
-        async with open_runtime(settings) as rt:
+        # beside a running service (SQLite locked): read-only, as its admin API reads
+        async with open_runtime(settings, read_only_if_locked=True) as rt:
             return await rt.queries.status(customer)
 
     doc = _run(go)
@@ -275,7 +425,11 @@ def reconcile(
 ) -> None:
     """One pass over every customer with a pending or unconverged change."""
     settings = _settings()
-    code = _run(lambda: _reconcile(settings, customer, all_customers))
+    code = _run(
+        lambda: _reconcile(settings, customer, all_customers),
+        locked_hint="The running service reconciles on its own; to ask it for a pass now use "
+        'its admin API: POST /v1/sweeps {"full": true}.',
+    )
     raise typer.Exit(code)
 
 
@@ -327,7 +481,7 @@ def migrate() -> None:
         finally:
             await store.close()
 
-    _run(go)
+    _run(go, locked_hint="The running service migrated it when it started.")
     out.print("database migrated")
 
 
@@ -408,7 +562,7 @@ def quote(
         from reconciler.openmeter.errors import NotFound
         from reconciler.runtime import open_runtime
 
-        async with open_runtime(settings) as rt:
+        async with open_runtime(settings, read_only_if_locked=True) as rt:
             try:
                 return await Quoter(rt.engine).quote(
                     customer, plan_key=plan, plan_version=plan_version, at=when
@@ -434,24 +588,32 @@ def events_list(
         str | None, typer.Option("--status", help="pending|delivered|dead|disabled")
     ] = None,
     limit: Annotated[int, typer.Option(help="rows")] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="as GET /v1/events answers: {items, next_cursor}")
+    ] = False,
 ) -> None:
-    """List outbound events."""
+    """List outbound events (newest first). Works beside a running service."""
+    from reconciler.store import EventStatus
+
+    if status_filter is not None and status_filter not in {s.value for s in EventStatus}:
+        err.print(f"[red]--status must be one of {', '.join(s.value for s in EventStatus)}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT)
     settings = _settings()
 
-    async def go() -> list[Any]:
-        from reconciler.store import Store
-
-        store = await Store.open(
-            settings.database_url.get_secret_value(), instance_id=settings.instance_id
-        )
+    async def go() -> tuple[list[Any], str | None]:
+        store = await _open_store_for_reading(settings)
         try:
-            await store.migrate()
-            rows, _ = await store.list_events(status=status_filter, limit=limit)
-            return list(rows)
+            rows, cursor = await store.list_events(status=status_filter, limit=limit)
+            return list(rows), cursor
         finally:
             await store.close()
 
-    rows = _run(go)
+    rows, cursor = _run(go)
+    if as_json:
+        from reconciler.service.app import event_view
+
+        _print_json({"items": [event_view(e) for e in rows], "next_cursor": cursor})
+        return
     t = Table(title="Outbound events")
     for col in ("id", "type", "customer", "status", "attempts", "next attempt", "last error"):
         t.add_column(col)
@@ -470,32 +632,42 @@ def events_list(
 
 @events_app.command("redeliver")
 def events_redeliver(event_id: Annotated[str, typer.Argument(help="event id (evt_…)")]) -> None:
-    """Queue a dead or disabled event for delivery again."""
+    """Queue a dead or disabled event for delivery again (through the running service's admin
+    API, POST /v1/events/{id}/redeliver, when it holds the SQLite database)."""
     settings = _settings()
 
-    async def go() -> str | None:
+    async def go() -> tuple[str | None, str]:
         from datetime import UTC, datetime
+        from urllib.parse import quote
 
-        from reconciler.store import Store
+        from reconciler.store import Store, StoreLockedError
         from reconciler.store.errors import EventNotFoundError, InvalidTransitionError
 
-        store = await Store.open(
-            settings.database_url.get_secret_value(), instance_id=settings.instance_id
-        )
+        try:
+            store = await Store.open(
+                settings.database_url.get_secret_value(), instance_id=settings.instance_id
+            )
+        except StoreLockedError:
+            path = f"/v1/events/{quote(event_id, safe='')}/redeliver"
+            status, doc = await _admin_call(settings, "POST", path)
+            if status >= 400:
+                detail = doc.get("detail") if isinstance(doc, dict) else doc
+                return f"POST {path}: {status} {_one_line(detail)}", ""
+            return None, f" by the running service (POST {path})"
         try:
             await store.migrate()
             await store.redeliver(event_id, datetime.now(UTC))
         except (EventNotFoundError, InvalidTransitionError) as exc:
-            return str(exc)
+            return str(exc), ""
         finally:
             await store.close()
-        return None
+        return None, ""
 
-    problem = _run(go)
+    problem, via = _run(go)
     if problem:
-        err.print(f"[red]{problem}[/red]")
+        err.print(f"[red]{problem}[/red]", soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT)
-    out.print(f"event {event_id} queued for delivery")
+    out.print(f"event {event_id} queued for delivery{via}")
 
 
 @app.command()

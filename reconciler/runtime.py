@@ -20,7 +20,7 @@ from reconciler.logs import get_logger
 from reconciler.openmeter.client import Observer as CallObserver
 from reconciler.openmeter.client import OpenMeterClient
 from reconciler.settings import Settings
-from reconciler.store import Store
+from reconciler.store import Store, StoreError, StoreLockedError
 
 log = get_logger("reconciler.runtime")
 
@@ -34,6 +34,15 @@ def load_policy(path: Path | None) -> Policy:
     except OSError as exc:
         raise PolicyError(f"cannot read policy file: {exc.strerror}", source=str(path)) from exc
     return Policy.from_yaml(text, source=str(path))
+
+
+async def require_migrated(store: Store) -> None:
+    """A store opened read-only cannot migrate: it must already be at this version's schema."""
+    if not await store.is_migrated():
+        raise StoreError(
+            "the database is not at this version's schema revision: run `reconciler migrate` "
+            "(or start the service, which migrates)"
+        )
 
 
 async def check_policy(policy: Policy, client: OpenMeterClient) -> list[str]:
@@ -62,23 +71,34 @@ async def open_runtime(
     call_observer: CallObserver | None = None,
     migrate: bool = True,
     validate_policy: bool = False,
+    read_only_if_locked: bool = False,
 ) -> AsyncIterator[Runtime]:
+    """``read_only_if_locked`` (the CLI's read-only commands): when another process (the
+    service) holds the SQLite database, open it read-only instead of failing — no migration,
+    no audit rows of the calls made (``Store.open(read_only=True)``)."""
     policy = load_policy(settings.policy_path)
-    store = await Store.open(
-        settings.database_url.get_secret_value(),
-        instance_id=settings.instance_id,
-        # On PostgreSQL a reconcile holds its claim's connection and needs a second one for its
-        # writes: fewer than two per reconcile in flight deadlocks the pool under load.
-        pool_size=max(10, 2 * settings.concurrency + 4),
-    )
+    url = settings.database_url.get_secret_value()
+    # On PostgreSQL a reconcile holds its claim's connection and needs a second one for its
+    # writes: fewer than two per reconcile in flight deadlocks the pool under load.
+    pool = max(10, 2 * settings.concurrency + 4)
+    try:
+        store = await Store.open(url, instance_id=settings.instance_id, pool_size=pool)
+    except StoreLockedError:
+        if not read_only_if_locked:
+            raise
+        store = await Store.open(
+            url, instance_id=settings.instance_id, pool_size=pool, read_only=True
+        )
     clock: Clock = HttpClock(settings.clock_url) if settings.clock_url else SystemClock()
     try:
-        if migrate:
+        if store.read_only:
+            await require_migrated(store)
+        elif migrate:
             await store.migrate()
         # Every OpenMeter call reaches the audit log through the client's observer, so no call
         # path can forget it; the engine binds customer and change ids in contextvars.
-        audit = AuditWriter(store, clock)
-        observers: list[CallObserver] = [audit]
+        audit = AuditWriter(store, clock) if not store.read_only else None
+        observers: list[CallObserver] = [audit] if audit is not None else []
         if call_observer is not None:
             observers.append(call_observer)
         client = OpenMeterClient.from_settings(settings, observer=fan_out(observers))

@@ -35,12 +35,16 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-SPEC_PATH = Path(
-    os.environ.get(
-        "OPENMETER_OPENAPI",
-        Path(__file__).resolve().parents[1].parent / "shared" / "openmeter" / "openapi.yaml",
-    )
-)
+
+def _default_spec() -> Path:
+    """``shared/openmeter/openapi.yaml`` beside the checkout or beside one of its parents (a
+    git worktree under ``/work/wt/NAME`` finds ``/work/shared`` as the main checkout does)."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [d / "shared" / "openmeter" / "openapi.yaml" for d in repo.parents]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+SPEC_PATH = Path(os.environ.get("OPENMETER_OPENAPI", _default_spec()))
 
 
 _NULL = {"type": "object", "nullable": True, "enum": [None]}

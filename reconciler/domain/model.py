@@ -270,6 +270,7 @@ class ObservedSubscription:
     current_period: tuple[datetime, datetime] | None  # alignment.currentAlignedBillingPeriod
     annotations: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    updated_at: datetime | None = None  # moves on every edit, cancelation and change
 
     @property
     def superseding_id(self) -> str | None:

@@ -28,6 +28,7 @@ from reconciler.domain.actions import (
     ScheduleChange,
     Unschedule,
 )
+from reconciler.domain.drift import ObservedMark, items_summary, mark_of
 from reconciler.domain.model import (
     META_CHANGE,
     META_PLAN,
@@ -96,6 +97,7 @@ class Hooks:
     on_status: Callable[[str], None] | None = None
     on_usage_not_preserved: Callable[[str], None] | None = None  # feature key
     on_drift_healed: Callable[[str], None] | None = None  # action kind
+    on_drift_found: Callable[[str], None] | None = None  # what drifted: items | subscription
 
 
 @dataclass
@@ -379,6 +381,8 @@ class Engine:
                 result = plan(observed, desired, target, self.policy, now, settled=settled)
             if step == 0:
                 change = await self._record_decision(change, result, observed)
+                if converged and result.actions:
+                    self._drift_found(change, observed, target, result, now)
             if result.convergence is not None:
                 # When and why the plan record converges, as decided by the step that chose
                 # it (later steps find its successor scheduled and decide nothing more).
@@ -471,7 +475,45 @@ class Engine:
             elif isinstance(raw, SubscriptionChangeResponse):
                 follow = (observed, mapping.to_observed_subscription(raw.next))
         assert result is not None
-        return await self._finish(change, result, outcome)
+        return await self._finish(change, result, outcome, observed)
+
+    def _drift_found(
+        self,
+        change: ChangeRecord,
+        observed: Observed,
+        target: Plan,
+        result: PlanResult,
+        now: datetime,
+    ) -> None:
+        """A converged change whose OpenMeter state moved: audit what was found (the current
+        items against the mark stored at convergence) and count it."""
+        cur = observed.current
+        on_plan = (
+            cur is not None
+            and cur.plan is not None
+            and (cur.plan.key, cur.plan.version) == (target.key, target.version)
+            and cur.status is SubscriptionStatus.ACTIVE
+            and observed.successor is None
+        )
+        kind = "items" if on_plan else "subscription"
+        stored = ObservedMark.decode(change.observed_mark)
+        self._note(
+            change,
+            "drift_found",
+            now,
+            detail=f"{kind} drifted from {target.ref} after convergence: {result.reason}",
+            data={
+                "kind": kind,
+                "found": items_summary(cur, now),
+                "expected_plan": str(target.ref),
+                "mark_at_convergence": stored.encode() if stored else None,
+                "mark_now": mark_of(cur).encode(),
+                "actions": [a.request().as_dict() for a in result.actions],
+            },
+        )
+        if self.hooks.on_drift_found:
+            self.hooks.on_drift_found(kind)
+        log.warning("drift_found", kind=kind, found=items_summary(cur, now))
 
     async def adopt(self, customer: str) -> ChangeRecord | None:
         """Re-derive a customer's desired state from the tags OpenMeter holds.
@@ -678,14 +720,25 @@ class Engine:
         change, _ = await self._proof_after(change, observed.customer_id, before, outcome)
         return change
 
-    async def _finish(self, change: ChangeRecord, result: PlanResult, outcome: Outcome) -> Outcome:
+    async def _finish(
+        self, change: ChangeRecord, result: PlanResult, outcome: Outcome, observed: Observed
+    ) -> Outcome:
         now = await self.clock.now()
         outcome.state = result.state.value
         outcome.result = result
         if result.state is State.REFUSED:
             return await self._fail(change, result.refusal or result.reason, outcome=outcome)
+        # What OpenMeter shows once settled (converged, or a cancelation respected): the sweep
+        # compares it with the customer listing to find drift (reconciler.domain.drift).
+        settled_mark = (
+            mark_of(observed.current).encode()
+            if result.state in (State.CONVERGED, State.RESPECTED)
+            else None
+        )
         if result.state is State.RESPECTED:
             self._schedule(change.customer, None)
+            if change.observed_mark != settled_mark:
+                change = self._stage(change, observed_mark=settled_mark)
             await self._commit_change(change)
             outcome.status = change.status.value
             log.warning("cancelation_respected", reason=result.reason)
@@ -718,6 +771,7 @@ class Engine:
             next_attempt_at=next_check,
             converges_at=result.converges_at if status is not ChangeStatus.CONVERGED else now,
             details=details,
+            observed_mark=settled_mark,
         )
         self._schedule(change.customer, next_check)
         transition = status is not change.status

@@ -269,6 +269,7 @@ def to_observed_subscription(sub: SubscriptionExpanded) -> ObservedSubscription:
         current_period=(period.from_, period.to) if period else None,
         annotations=dict(sub.annotations or {}),
         metadata=dict(sub.metadata or {}),
+        updated_at=sub.updated_at,
     )
 
 

@@ -550,6 +550,7 @@ class SubscriptionListing(_Slim):
     active_to: AwareDatetime | None = None
     annotations: dict[str, Any] | None = None
     plan: PlanRefListing | None = None
+    updated_at: AwareDatetime | None = None  # the drift token (reconciler.domain.drift)
 
 
 class CustomerListing(_Slim):

@@ -10,6 +10,7 @@ drains it. Routes:
 ``POST /v1/customers/{customer}/plan-change`` preview (dry run) or store a change request  [admin]
 ``GET  /v1/changes``                        change requests, newest first, paginated    [admin]
 ``GET  /v1/events``                         outbound events, newest first, paginated    [admin]
+``POST /v1/events/{id}/redeliver``          queue a dead/disabled event again           [admin]
 ``POST /v1/sweeps``                         run a sweep now (``{"full": true}``: adopt too) [admin]
 ``GET  /healthz`` ``/readyz`` ``/metrics``  probes and Prometheus
 ==========================================  =====================================================
@@ -50,8 +51,10 @@ from reconciler.store import (
     ChangeRecord,
     ChangeSource,
     ChangeStatus,
+    EventNotFoundError,
     EventStatus,
     InvalidCursorError,
+    InvalidTransitionError,
     OutboxEvent,
     StoreError,
     StoreUnavailable,
@@ -476,7 +479,8 @@ async def _portal_webhook(svc: Service, request: Request, pacer: Pacer | None) -
                     svc, event, ChangeSource.WEBHOOK, hdrs.msg_id
                 )
     except ProblemError as err:
-        outcome = {401: "unauthorized", 413: "too_large"}.get(err.status)
+        # 409: the webhook-id was used before for a different request (not malformed)
+        outcome = {401: "unauthorized", 409: "conflict", 413: "too_large"}.get(err.status)
         if outcome is None:
             outcome = "invalid" if 400 <= err.status < 500 else "error"
         m.labels(outcome).inc()
@@ -609,6 +613,20 @@ async def list_events(svc: Service, request: Request) -> Response:
     return JSON({"items": [event_view(e) for e in rows], "next_cursor": cursor})
 
 
+async def redeliver_event(svc: Service, request: Request) -> Response:
+    """``POST /v1/events/{id}/redeliver`` — as ``reconciler events redeliver ID``: a dead,
+    disabled (or still pending) event is queued for delivery now, its attempts from zero."""
+    event_id = request.path_params["event_id"]
+    rt = svc.rt()
+    try:
+        event = await rt.store.redeliver(event_id, await rt.clock.now())
+    except EventNotFoundError as exc:
+        raise ProblemError(404, str(exc), kind="not-found") from exc
+    except InvalidTransitionError as exc:
+        raise ProblemError(409, str(exc), kind="conflict") from exc
+    return JSON(event_view(event))
+
+
 async def run_sweep(svc: Service, request: Request) -> Response:
     body = await read_body(request, svc.settings.webhook_max_body_bytes)
     doc = wh.parse_json(body) if body.strip() else {}
@@ -678,6 +696,7 @@ def create_app(
         Route("/v1/customers/{customer}/quote", _admin(svc, customer_quote), methods=["GET"]),
         Route("/v1/changes", _admin(svc, list_changes), methods=["GET"]),
         Route("/v1/events", _admin(svc, list_events), methods=["GET"]),
+        Route("/v1/events/{event_id}/redeliver", _admin(svc, redeliver_event), methods=["POST"]),
         Route("/v1/sweeps", _admin(svc, run_sweep), methods=["POST"]),
         Route("/healthz", _endpoint(svc, healthz), methods=["GET"]),
         Route("/readyz", _endpoint(svc, readyz), methods=["GET"]),

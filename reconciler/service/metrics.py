@@ -16,6 +16,7 @@ WEBHOOK_OUTCOMES = (
     "accepted",
     "superseded",
     "duplicate",
+    "conflict",
     "ignored",
     "unauthorized",
     "invalid",
@@ -83,6 +84,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.drift_found = Counter(
+            f"{NS}_drift_found",
+            "Converged customers whose OpenMeter state was found drifted (items: the plan on "
+            "record is right but the items are not; subscription: plan, successor or status).",
+            ["kind"],
+            registry=r,
+        )
         self.usage_not_preserved = Counter(
             f"{NS}_usage_not_preserved",
             "Edits after which a feature's consumed usage was lower than before.",
@@ -122,6 +130,8 @@ class Metrics:
         )
         for outcome in WEBHOOK_OUTCOMES:
             self.webhooks.labels(outcome)
+        for kind in ("items", "subscription"):
+            self.drift_found.labels(kind)
         for s in ChangeStatus:
             self.changes.labels(s.value)
         for e in EventStatus:
@@ -146,6 +156,7 @@ class Metrics:
             on_status=lambda status: self.transitions.labels(status).inc(),
             on_usage_not_preserved=lambda feature: self.usage_not_preserved.labels(feature).inc(),
             on_drift_healed=lambda kind: self.drift_healed.labels(kind).inc(),
+            on_drift_found=lambda kind: self.drift_found.labels(kind).inc(),
         )
 
     # -- store-derived gauges ----------------------------------------------------------------

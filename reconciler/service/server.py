@@ -28,7 +28,7 @@ from reconciler.service.app import Service, create_app
 from reconciler.service.webhooks import WebhookConfigError
 from reconciler.service.worker import EventsConfigError
 from reconciler.settings import Settings
-from reconciler.store import StoreLockedError
+from reconciler.store import StoreConfigError, StoreLockedError
 
 log = get_logger("reconciler.service.server")
 
@@ -96,7 +96,7 @@ def serve(settings: Settings) -> None:
         return
     if isinstance(err, PolicyError):
         raise err
-    if isinstance(err, (StoreLockedError, EventsConfigError)):
+    if isinstance(err, (StoreLockedError, StoreConfigError, EventsConfigError)):
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(EXIT_CONFIG)
     sys.stderr.write(f"error: the service failed to start: {type(err).__name__}: {err}\n")

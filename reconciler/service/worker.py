@@ -7,8 +7,10 @@ and (on the leader replica) sweeps over OpenMeter's customers.
   ``due_poll_seconds`` with ``store.claim_due(now)``.
 * **Sweeps** (leader only, every ``sweep_interval_seconds``) list OpenMeter's customers page by
   page and reconcile those whose desired state is not what OpenMeter shows (a change made by hand,
-  a boundary passed while the reconciler was down, a scheduled change that vanished). The nightly
-  full sweep also adopts customers without desired state from the tags OpenMeter holds.
+  a boundary passed while the reconciler was down, a scheduled change that vanished, items
+  PATCHed by hand on a converged customer — seen through the observed mark stored at
+  convergence, ``reconciler.domain.drift``). The nightly full sweep also reads every converged
+  customer's items and adopts customers without desired state from the tags OpenMeter holds.
 
 Every reconcile goes through ``Engine.reconcile``, which claims the customer in the store, so one
 customer is never worked on twice at once, in this process or across replicas. The schedule lives
@@ -24,16 +26,19 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from reconciler.domain.drift import NO_SUBSCRIPTION, ObservedMark, mark_of, subscription_token
 from reconciler.engine.observe import pick
 from reconciler.engine.pacing import background
 from reconciler.events import EventDeliverer
 from reconciler.logs import bound, get_logger
+from reconciler.openmeter import mapping
 from reconciler.openmeter.models import CustomerListing, SubscriptionListing
 from reconciler.runtime import Runtime
 from reconciler.service.metrics import Metrics
@@ -64,6 +69,8 @@ class DesiredView(Protocol):
     def status(self) -> ChangeStatus: ...
     @property
     def converges_at(self) -> datetime | None: ...
+    @property
+    def observed_mark(self) -> str | None: ...
 
 
 def _matches(change: DesiredView, sub: SubscriptionListing | None) -> bool:
@@ -76,9 +83,17 @@ def _matches(change: DesiredView, sub: SubscriptionListing | None) -> bool:
 SUPERSEDING = "subscription.superseding.id"
 
 
-def needs_reconcile(
+class Check(StrEnum):
+    """The sweep's verdict on one listed customer."""
+
+    IN_SYNC = "in_sync"
+    RECONCILE = "reconcile"
+    READ_ITEMS = "read_items"  # one read of the current subscription decides (item drift)
+
+
+def sweep_check(
     change: DesiredView, subs: Sequence[SubscriptionListing], now: datetime, *, full: bool = False
-) -> bool:
+) -> Check:
     """Cheap check on the flat subscription list of ``GET /customers?expand=subscriptions``:
     does OpenMeter differ from what the change request wants (or is it not settled yet)?
 
@@ -86,30 +101,59 @@ def needs_reconcile(
     through the current subscription's ``subscription.superseding.id`` annotation (and its plan
     only when the list happens to include it). ``full`` (the nightly sweep) reconciles every
     change that is not converged, which also catches a successor replaced by hand.
+
+    The listing has no items. A converged change carries the mark OpenMeter showed when it
+    converged (``reconciler.domain.drift``): a current subscription whose ``id@updatedAt``
+    moved since is read once (``READ_ITEMS``) and its items compared; the full sweep reads every
+    converged active subscription. A cancelation respected at convergence (the mark names the
+    canceled subscription, or none) stays in sync while nothing else moves.
     """
     if change.status in (ChangeStatus.FAILED, ChangeStatus.SUPERSEDED):
-        return False
+        return Check.IN_SYNC
     if change.status is ChangeStatus.PENDING:
-        return True
+        return Check.RECONCILE
     current, successor = pick(subs)
     superseded_by = (current.annotations or {}).get(SUPERSEDING) if current else None
     if change.status is ChangeStatus.CONVERGED:
-        if current is None or not _matches(change, current):
-            return True  # the plan on record was changed by hand (or the subscription is gone)
-        if current.status != "active" or superseded_by:
-            return True  # canceled, or a change scheduled by hand after we converged
-        return successor is not None and not _matches(change, successor)
+        mark = ObservedMark.decode(change.observed_mark)
+        token = subscription_token(current.id, current.updated_at) if current else NO_SUBSCRIPTION
+        unmoved = mark is not None and mark.token == token
+        if current is None:
+            # gone: a cancelation that took effect (respected once, then left alone)
+            return Check.IN_SYNC if unmoved else Check.RECONCILE
+        if not _matches(change, current):
+            return Check.RECONCILE  # the plan on record was changed by hand
+        if superseded_by or (successor is not None and not _matches(change, successor)):
+            return Check.RECONCILE  # a change scheduled by hand after we converged
+        if current.status != "active":
+            # canceled: respected when the engine saw it so, else it has to look
+            return Check.IN_SYNC if unmoved else Check.RECONCILE
+        if mark is None:
+            # converged before marks were stored: the full sweep settles it once (and marks it)
+            return Check.RECONCILE if full else Check.IN_SYNC
+        if full or not unmoved:
+            return Check.READ_ITEMS
+        return Check.IN_SYNC
     # applied / scheduled: waiting for a billing boundary
     if full:
-        return True
+        return Check.RECONCILE
     if change.converges_at is not None and change.converges_at <= now:
-        return True  # the boundary passed (perhaps while we were down)
+        return Check.RECONCILE  # the boundary passed (perhaps while we were down)
     if successor is not None:
-        return not _matches(change, successor)
+        return Check.RECONCILE if not _matches(change, successor) else Check.IN_SYNC
     if superseded_by:
-        return False  # a successor is scheduled (its plan is checked by the full sweep)
+        return Check.IN_SYNC  # a successor is scheduled (its plan is checked by the full sweep)
     # no successor: in sync only if the current subscription already is the desired plan
-    return not (current is not None and _matches(change, current))
+    if current is not None and _matches(change, current):
+        return Check.IN_SYNC
+    return Check.RECONCILE
+
+
+def needs_reconcile(
+    change: DesiredView, subs: Sequence[SubscriptionListing], now: datetime, *, full: bool = False
+) -> bool:
+    """``sweep_check`` as a yes/no: anything but in sync (an item read included)."""
+    return sweep_check(change, subs, now, full=full) is not Check.IN_SYNC
 
 
 async def read_ahead_pages(pages: AsyncIterator[list[T]]) -> AsyncIterator[list[T]]:
@@ -489,6 +533,33 @@ class Worker:
             log.info("sweep_finished", kind=kind, seconds=round(elapsed, 3), **counts)
         return counts
 
+    async def _items_drifted(
+        self, cust: CustomerListing, change: DesiredSummary, now: datetime
+    ) -> bool | None:
+        """One read of the converged customer's current subscription: do its items differ from
+        those it had when the change converged? The same items under a moved token (a metadata
+        edit, say) refresh the stored mark, so the next quick sweep reads nothing. None: the
+        read failed (the next sweep tries again)."""
+        current, _ = pick(cust.subscriptions or [])
+        if current is None:  # pragma: no cover - sweep_check reads only a current subscription
+            return True
+        stored = ObservedMark.decode(change.observed_mark)
+        try:
+            sub = await self.rt.client.get_subscription(current.id)
+        except Exception as exc:
+            with bound(customer=change.customer, change=change.id):
+                log.warning("sweep_read_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+        seen = mark_of(mapping.to_observed_subscription(sub))
+        if stored is None or seen.digest != stored.digest:
+            return True
+        if seen.token != stored.token:
+            with contextlib.suppress(Exception):  # only a saving: the next sweep reads again
+                await self.rt.store.refresh_observed_mark(
+                    change.id, change.observed_mark, seen.encode()
+                )
+        return False
+
     async def _sweep_batch(
         self, batch: Iterable[CustomerListing], full: bool, counts: dict[str, int]
     ) -> None:
@@ -507,24 +578,35 @@ class Worker:
 
         # The cheap checks run inline; only customers that need work get a task (a task per
         # customer of a no-op page was a quarter of the sweep's time).
-        work: list[tuple[CustomerListing, DesiredSummary | None]] = []
+        work: list[tuple[CustomerListing, DesiredSummary | None, Check]] = []
         for cust in batch:
             change = (known.get(cust.key) if cust.key else None) or (
                 known.get(cust.id) if cust.id else None
             )
+            check = Check.RECONCILE
             if change is None:
                 if not full:
                     count("no_desired_state")
                     continue
-            elif not needs_reconcile(change, cust.subscriptions or [], now, full=full):
-                count("in_sync")
-                continue
-            work.append((cust, change))
+            else:
+                check = sweep_check(change, cust.subscriptions or [], now, full=full)
+                if check is Check.IN_SYNC:
+                    count("in_sync")
+                    continue
+            work.append((cust, change, check))
 
-        async def one(cust: CustomerListing, change: DesiredSummary | None) -> None:
+        async def one(cust: CustomerListing, change: DesiredSummary | None, check: Check) -> None:
             async with check_sem:
                 if self._stopping:
                     return
+                if change is not None and check is Check.READ_ITEMS:
+                    drifted = await self._items_drifted(cust, change, now)
+                    if drifted is None:
+                        count("error")
+                        return
+                    if not drifted:
+                        count("in_sync")
+                        return
                 if change is None:
                     ref = cust.key or cust.id
                     try:
@@ -541,13 +623,17 @@ class Worker:
                     customer = adopted.customer
                 else:
                     with bound(customer=change.customer, change=change.id):
-                        log.info("sweep_found_difference", status=change.status.value)
+                        log.info(
+                            "sweep_found_difference",
+                            status=change.status.value,
+                            items_drifted=check is Check.READ_ITEMS,
+                        )
                     count("reconciled")
                     customer = change.customer
             await self._start(customer, "sweep")
 
         try:
-            await asyncio.gather(*(one(c, ch) for c, ch in work))
+            await asyncio.gather(*(one(c, ch, k) for c, ch, k in work))
         finally:
             for result, n in page_counts.items():
                 counts[result] = counts.get(result, 0) + n

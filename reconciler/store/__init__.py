@@ -10,9 +10,11 @@ from reconciler.store.errors import (
     InvalidTransitionError,
     NotFoundError,
     StaleChangeError,
+    StoreConfigError,
     StoreConflictError,
     StoreError,
     StoreLockedError,
+    StoreReadOnlyError,
     StoreUnavailable,
 )
 from reconciler.store.store import Claim, Leadership, Store, advisory_key
@@ -53,9 +55,11 @@ __all__ = [
     "OutboxEvent",
     "StaleChangeError",
     "Store",
+    "StoreConfigError",
     "StoreConflictError",
     "StoreError",
     "StoreLockedError",
+    "StoreReadOnlyError",
     "StoreUnavailable",
     "SubmitResult",
     "advisory_key",

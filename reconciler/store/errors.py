@@ -11,6 +11,14 @@ class StoreLockedError(StoreError):
     """Another process already owns this SQLite database (single-instance guard)."""
 
 
+class StoreConfigError(StoreError, ValueError):
+    """The database URL is unusable (an unsupported scheme, not a URL)."""
+
+
+class StoreReadOnlyError(StoreError):
+    """A write on a store opened read-only (``Store.open(..., read_only=True)``)."""
+
+
 class StoreUnavailable(StoreError):
     """The database could not be reached (disconnect, restart, ``database is locked``).
 

@@ -99,6 +99,8 @@ change_requests = sa.Table(
     sa.Column("next_attempt_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("details", _json(), nullable=False),
+    # What OpenMeter showed when the change converged (reconciler.domain.drift; revision 0004).
+    sa.Column("observed_mark", sa.Text, nullable=True),
     sa.UniqueConstraint("source", "source_id"),
     sa.CheckConstraint(
         "status IN ('pending','applied','scheduled','converged','superseded','failed')",

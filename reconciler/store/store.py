@@ -53,6 +53,7 @@ from reconciler.store.errors import (
     StoreConflictError,
     StoreError,
     StoreLockedError,
+    StoreReadOnlyError,
     StoreUnavailable,
 )
 from reconciler.store.ids import new_event_id, new_ulid
@@ -94,6 +95,7 @@ UPDATABLE_CHANGE_FIELDS = frozenset(
         "attempts",
         "next_attempt_at",
         "details",
+        "observed_mark",
     }
 )
 
@@ -342,6 +344,7 @@ def _desired_summaries(postgresql: bool) -> sa.Select[Any]:
             change_requests.c.plan_version,
             change_requests.c.status,
             change_requests.c.converges_at,
+            change_requests.c.observed_mark,
         )
         .join(customers, customers.c.desired_change_id == change_requests.c.id)
         .where(refs)
@@ -362,9 +365,9 @@ async def _read_summaries(
     query = _Q_DESIRED_SUMMARIES[postgresql]
     for i in range(0, len(refs), 500):
         rows = await conn.execute(query, {"b_refs": refs[i : i + 500]})
-        for ref, id_, customer, plan_key, plan_version, status, converges_at in rows:
+        for ref, id_, customer, plan_key, plan_version, status, converges_at, mark in rows:
             out[ref] = DesiredSummary(
-                id_, customer, plan_key, plan_version, _TO_STATUS(status), converges_at
+                id_, customer, plan_key, plan_version, _TO_STATUS(status), converges_at, mark
             )
 
 
@@ -706,6 +709,7 @@ class Store:
         clock: Callable[[], datetime],
         retries: int,
         lock_fd: int | None,
+        read_only: bool = False,
     ) -> None:
         # PostgreSQL: an async engine (psycopg 3). SQLite: a sync engine used only from one
         # database thread, where each transaction runs whole (``_thread_tx``). (PostgreSQL
@@ -725,6 +729,7 @@ class Store:
         self._clock = clock
         self._retries = retries
         self._lock_fd = lock_fd
+        self.read_only = read_only
         self._sqlite = is_sqlite(url)
         self._sqlite_claims: set[str] = set()
         self._leaderships: set[Leadership] = set()
@@ -743,8 +748,15 @@ class Store:
         max_overflow: int = 20,
         retries: int = 3,
         busy_timeout_ms: int = 5000,
+        read_only: bool = False,
     ) -> Store:
-        """Open (not migrate) the database. SQLite files are locked against a second process."""
+        """Open (not migrate) the database. SQLite files are locked against a second process.
+
+        ``read_only``: no writes (``StoreReadOnlyError``), and on SQLite no lock either, so the
+        CLI's read-only commands run beside ``reconciler run`` on the same file (WAL lets
+        readers in while the service writes; they read the last committed state). The file
+        must exist.
+        """
         u = normalize_url(url)
         instance = instance_id or f"{socket.gethostname()}-{os.getpid()}"
         lock_fd: int | None = None
@@ -752,6 +764,26 @@ class Store:
             path = sqlite_path(u)
             sync_url = u
             engine: AsyncEngine | Engine
+            if read_only and path is not None:
+                _require_sqlite_file(path)
+                engine = create_engine(
+                    sync_url,
+                    pool_size=2,
+                    max_overflow=0,
+                    connect_args={"check_same_thread": False},
+                )
+                _configure_sqlite(
+                    engine, wal=False, busy_timeout_ms=busy_timeout_ms, query_only=True
+                )
+                return cls(
+                    engine,
+                    u,
+                    instance_id=instance,
+                    clock=clock or _utcnow,
+                    retries=retries,
+                    lock_fd=None,
+                    read_only=True,
+                )
             if path is None:
                 engine = create_engine(
                     sync_url.set(database=":memory:"),
@@ -787,6 +819,7 @@ class Store:
             clock=clock or _utcnow,
             retries=retries,
             lock_fd=lock_fd,
+            read_only=read_only,
         )
 
     async def close(self) -> None:
@@ -856,6 +889,8 @@ class Store:
 
     async def migrate(self) -> None:
         """``alembic upgrade head``. On PostgreSQL an advisory lock serialises replicas."""
+        if self.read_only:
+            raise StoreReadOnlyError("the store is open read-only: it cannot be migrated")
         cfg = self._alembic_config()
 
         def upgrade(sync_conn: Connection) -> None:
@@ -927,6 +962,8 @@ class Store:
         """
         if self._closed:
             raise StoreError("store is closed")
+        if write and self.read_only:
+            raise StoreReadOnlyError("the store is open read-only")
         delay = 0.05
         for attempt in range(self._retries + 1):
             committing = [False]
@@ -1369,6 +1406,26 @@ class Store:
             return await self._update_change_row(conn, change_id, values, expected, events)
 
         return await self._tx(op, write=True)
+
+    async def refresh_observed_mark(self, change_id: str, old: str | None, new: str) -> bool:
+        """The sweep's write when a converged customer's subscription moved but its items did
+        not: replace the change's ``observed_mark`` if it is still ``old`` and the change still
+        converged (a reconcile that settled it meanwhile wrote its own). True if written."""
+        c = change_requests.c
+        q = (
+            change_requests.update()
+            .where(
+                c.id == change_id,
+                c.status == ChangeStatus.CONVERGED.value,
+                c.observed_mark.is_(None) if old is None else c.observed_mark == old,
+            )
+            .values(observed_mark=new)
+        )
+
+        async def op(conn: AsyncConnection) -> bool:
+            return bool((await conn.execute(q)).rowcount)
+
+        return await self._tx(op, write=True, idempotent=True)
 
     async def commit(
         self,
@@ -1884,6 +1941,13 @@ class Store:
 # SQLite specifics
 
 
+def _require_sqlite_file(path: str) -> None:
+    """A read-only open never creates the database."""
+    db = Path(path).resolve()
+    if not db.exists():
+        raise StoreError(f"no SQLite database at {db}")
+
+
 def _lock_sqlite_file(path: str, instance_id: str) -> int:
     """Exclusive non-blocking flock on ``<db>.lock``; refuses a second process on the file."""
     db = Path(path).resolve()
@@ -1913,7 +1977,9 @@ def _lock_sqlite_file(path: str, instance_id: str) -> int:
     return fd
 
 
-def _configure_sqlite(engine: Engine, *, wal: bool, busy_timeout_ms: int) -> None:
+def _configure_sqlite(
+    engine: Engine, *, wal: bool, busy_timeout_ms: int, query_only: bool = False
+) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit transactions are not atomic for
@@ -1928,6 +1994,8 @@ def _configure_sqlite(engine: Engine, *, wal: bool, busy_timeout_ms: int) -> Non
             cur.execute("PRAGMA synchronous=FULL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cur.execute("PRAGMA foreign_keys=ON")
+        if query_only:  # a reader beside the service: SQLite itself refuses any write
+            cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")

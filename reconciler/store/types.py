@@ -71,6 +71,8 @@ class ChangeRecord:
     next_attempt_at: datetime | None
     updated_at: datetime
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: what OpenMeter showed when the change converged (``reconciler.domain.drift``)
+    observed_mark: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -97,6 +99,7 @@ class DesiredSummary(NamedTuple):
     plan_version: int | None
     status: ChangeStatus
     converges_at: datetime | None
+    observed_mark: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

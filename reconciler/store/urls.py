@@ -8,6 +8,9 @@ documented it. PostgreSQL: psycopg 3, async.
 from __future__ import annotations
 
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from reconciler.store.errors import StoreConfigError
 
 _REWRITE = {
     "sqlite": "sqlite+pysqlite",
@@ -22,10 +25,15 @@ _REWRITE = {
 
 def normalize_url(url: str | URL) -> URL:
     """``sqlite:///x.db`` → ``sqlite+pysqlite:///x.db``; ``postgresql://`` → psycopg 3."""
-    u = make_url(url) if isinstance(url, str) else url
+    try:
+        u = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        raise StoreConfigError(
+            "the database URL is not a URL: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
     driver = _REWRITE.get(u.drivername)
     if driver is None:
-        raise ValueError(
+        raise StoreConfigError(
             f"unsupported database URL scheme {u.drivername!r}: use sqlite:///PATH or "
             "postgresql://USER@HOST/DB"
         )

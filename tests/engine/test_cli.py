@@ -213,3 +213,24 @@ def test_billing_safe_change_and_status_say_when_and_why(
 
     res = CliRunner().invoke(app, ["policy", "explain", "free", "starter", "--policy", str(POLICY)])
     assert res.exit_code == 0 and "plan record: billing_safe (defaults.plan_record)" in res.stdout
+
+
+def test_expected_conditions_are_one_line_not_a_traceback(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad database URL or an unreachable OpenMeter is one line and an exit code."""
+    monkeypatch.setenv("RECONCILER_DATABASE_URL", "mysql://u@h/db")
+    res = CliRunner().invoke(app, ["events", "list"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    assert res.output.strip().splitlines() == [
+        "database error: unsupported database URL scheme 'mysql': use sqlite:///PATH or "
+        "postgresql://USER@HOST/DB"
+    ]
+    monkeypatch.setenv("RECONCILER_DATABASE_URL", f"sqlite:///{cli_env}")
+    monkeypatch.setenv("RECONCILER_OPENMETER_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("RECONCILER_CLOCK_URL")
+    monkeypatch.setenv("RECONCILER_OPENMETER_READ_RETRIES", "0")
+    res = CliRunner().invoke(app, ["status", "acme"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("OpenMeter error:"), res.output

@@ -111,6 +111,9 @@ def test_duplicate_webhook_id_is_answered_200_and_done_once(
     )
     assert db_rows(db, "SELECT count(*) FROM change_requests WHERE customer='dup'") == [(1,)]
     assert svc.metric("reconciler_webhook_requests_total", outcome="duplicate") == 1
+    # counted as what it is, not as a malformed request
+    assert svc.metric("reconciler_webhook_requests_total", outcome="conflict") == 1
+    assert svc.metric("reconciler_webhook_requests_total", outcome="invalid") == 0
 
 
 def test_out_of_order_webhook_is_stored_superseded(emu: Emu, svc: ServiceServer, db: Path) -> None:

@@ -11,6 +11,7 @@ from reconciler.store import (
     Store,
     StoreError,
     StoreLockedError,
+    StoreReadOnlyError,
     StoreUnavailable,
     normalize_url,
 )
@@ -46,7 +47,7 @@ async def test_migrate_is_idempotent_and_is_migrated(db_url: str, clock: Clock) 
 
         names, version = await s._tx(read, write=False)
         assert {"change_requests", "customers", "audit_log", "outbox_events"} <= names
-        assert [tuple(r) for r in version] == [("0003",)]
+        assert [tuple(r) for r in version] == [("0004",)]
         assert await s.ping() is True
     finally:
         await s.close()
@@ -89,6 +90,42 @@ async def test_second_sqlite_instance_is_refused(tmp_path: Path, clock: Clock) -
         await first.close()
     again = await Store.open(f"sqlite:///{db}", instance_id="third", clock=clock)
     await again.close()
+
+
+async def test_read_only_store_reads_beside_the_lock_holder(tmp_path: Path, clock: Clock) -> None:
+    """The CLI's read-only commands beside ``reconciler run``: no lock taken, the holder's
+    committed rows seen (WAL), every write refused before it reaches SQLite."""
+    db = tmp_path / "ro.db"
+    url = f"sqlite:///{db}"
+    with pytest.raises(StoreError, match="no SQLite database"):
+        await Store.open(url, instance_id="reader", clock=clock, read_only=True)
+    assert not db.exists()  # a read-only open never creates the file
+    holder = await Store.open(url, instance_id="service", clock=clock)
+    try:
+        await holder.migrate()
+        first = await holder.submit_change("acme", "starter", None, T0, "webhook", "w1", T0)
+        reader = await Store.open(url, instance_id="reader", clock=clock, read_only=True)
+        try:
+            assert reader.read_only and await reader.is_migrated()
+            assert await reader.get_change(first.change.id) == first.change
+            # a commit by the holder while the reader is open is seen by its next read
+            second = await holder.submit_change("acme", "pro", None, T0, "webhook", "w2", T0)
+            assert (await reader.desired_for("acme")) == second.change
+            with pytest.raises(StoreReadOnlyError):
+                await reader.submit_change("acme", "free", None, T0, "webhook", "w3", T0)
+            with pytest.raises(StoreReadOnlyError):
+                await reader.migrate()
+            with pytest.raises(StoreReadOnlyError):
+                await reader.redeliver("evt_x", T0)
+            changes, _ = await holder.list_changes(customer="acme")
+            assert len(changes) == 2  # nothing the reader tried was written
+        finally:
+            await reader.close()
+        # the holder's lock is untouched by the reader
+        with pytest.raises(StoreLockedError):
+            await Store.open(url, instance_id="other", clock=clock)
+    finally:
+        await holder.close()
 
 
 async def test_sqlite_wal_full_sync_and_foreign_keys(tmp_path: Path, clock: Clock) -> None:
