@@ -192,6 +192,8 @@ class Emulator:
         r("GET", "/api/v2/customers/{c}/entitlements/{e}/grants", self.grants_v2)
         r("POST", "/api/v2/customers/{c}/entitlements/{e}/reset", self.mutate_ent_v2)
         r("GET", "/api/v2/entitlements/{e}", self.get_ent_by_id_v2)
+        r("GET", "/api/v1/subjects/{subj}/entitlements/{e}", self.get_ent_v1)
+        r("DELETE", "/api/v1/subjects/{subj}/entitlements/{e}", self.delete_ent_v1)
         r("GET", "/api/v1/meters", self.list_meters)
         r("POST", "/api/v1/meters", self.create_meter)
         r("GET", "/api/v1/meters/{m}", self.get_meter)
@@ -256,6 +258,19 @@ class Emulator:
             cid = st.customer_by_subject.get(subject)
             ids = [i for i in ids if i == cid]
         customers = [st.customers[i] for i in ids]
+        plan_key = req.q("planKey")
+        if plan_key is not None:
+            # ``customer/adapter/customer.go`` ``applyActiveSubscriptionFilterWithPlanKey``
+            now_ = st.now()
+            customers = [
+                c
+                for c in customers
+                if any(
+                    s.plan_ref is not None and s.plan_ref.get("key") == plan_key
+                    for s in st.customer_subscriptions_active_at(c, now_)
+                    if s.created_at <= now_
+                )
+            ]
         if not include_deleted:
             customers = [c for c in customers if c.deleted_at is None]
         name = req.q("name")
@@ -371,6 +386,27 @@ class Emulator:
             raise E.not_found(f"entitlement not found: {req.params['e']}")
         return 200, views.entitlement(st, e, v2=True)
 
+    def _ent_v1(self, req: Request) -> Any:
+        """``entitlement/driver/entitlement.go``: the v1 subject routes look the entitlement up
+        by id only (the subject in the path is not used)."""
+        st = self.state
+        e = st.ents.get(req.params["e"])
+        if e is None or e.is_deleted(st.now()):
+            raise E.not_found(f"entitlement not found: {req.params['e']}")
+        return e
+
+    def get_ent_v1(self, req: Request) -> tuple[int, Any]:
+        return 200, views.entitlement(self.state, self._ent_v1(req), v2=False)
+
+    def delete_ent_v1(self, req: Request) -> tuple[int, Any]:
+        """``DeleteEntitlement`` → connector → ``entitlement/hooks/subscription/hook.go``
+        ``PreDelete``: 403 for a subscription-managed entitlement, as on the v2 route."""
+        e = self._ent_v1(req)
+        self.state.forbid_managed(e)
+        raise E.ApiError(
+            501, "not implemented: only subscription-managed entitlements are emulated"
+        )
+
     def mutate_ent_v2(self, req: Request) -> tuple[int, Any]:
         """Override / grant / reset / delete: 403 for subscription-managed entitlements
         (``entitlement/hooks/subscription/hook.go``). Only managed entitlements exist here."""
@@ -415,7 +451,9 @@ class Emulator:
         return 200, [views.meter(m) for m in self.state.meters.values()]
 
     def create_meter(self, req: Request) -> tuple[int, Any]:
-        return 201, views.meter(self.state.create_meter(req.json()))
+        """``meter/httphandler/meter.go`` ``CreateMeter`` encodes with ``http.StatusOK``; the
+        OpenAPI document declares 201. The implementation wins."""
+        return 200, views.meter(self.state.create_meter(req.json()))
 
     def get_meter(self, req: Request) -> tuple[int, Any]:
         return 200, views.meter(self.state.meter(req.params["m"]))
