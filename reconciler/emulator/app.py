@@ -192,6 +192,7 @@ class Emulator:
         r("GET", "/api/v2/customers/{c}/entitlements/{e}/grants", self.grants_v2)
         r("POST", "/api/v2/customers/{c}/entitlements/{e}/reset", self.mutate_ent_v2)
         r("GET", "/api/v2/entitlements/{e}", self.get_ent_by_id_v2)
+        r("GET", "/api/v1/subjects/{subj}/entitlements/{e}/value", self.subject_value_v1)
         r("GET", "/api/v1/subjects/{subj}/entitlements/{e}", self.get_ent_v1)
         r("DELETE", "/api/v1/subjects/{subj}/entitlements/{e}", self.delete_ent_v1)
         r("GET", "/api/v1/meters", self.list_meters)
@@ -394,6 +395,19 @@ class Emulator:
         if e is None or e.is_deleted(st.now()):
             raise E.not_found(f"entitlement not found: {req.params['e']}")
         return e
+
+    def subject_value_v1(self, req: Request) -> tuple[int, Any]:
+        """``GET /api/v1/subjects/{subject}/entitlements/{idOrFeatureKey}/value``
+        (``entitlement/driver/entitlement.go`` ``GetEntitlementValue``): the subject resolves to
+        the customer whose usage attribution lists it (``customer.go``
+        ``GetCustomerByUsageAttribution``, 404 otherwise); the value is the customer's, so usage
+        counts every subject of that customer (e2e ``multisubject_test.go``)."""
+        st = self.state
+        cid = st.customer_by_subject.get(req.params["subj"])
+        c = st.customers.get(cid) if cid else None
+        if c is None or c.deleted_at is not None:
+            raise E.not_found(f"subject not found: {req.params['subj']}")
+        return 200, st.entitlement_value(c, st.entitlement_by_id_or_feature(c, req.params["e"]))
 
     def get_ent_v1(self, req: Request) -> tuple[int, Any]:
         return 200, views.entitlement(self.state, self._ent_v1(req), v2=False)
