@@ -25,6 +25,7 @@ import yaml
 
 from reconciler.emulator import errors as E
 from reconciler.emulator import views
+from reconciler.emulator.addons import Addons, addon_view, plan_addon_view, sub_addon_view
 from reconciler.emulator.catalog import load_catalog, parse_catalog_text
 from reconciler.emulator.clock import Clock
 from reconciler.emulator.state import Customer, State, num
@@ -149,6 +150,7 @@ class Emulator:
         self.fault_ids = itertools.count(1)
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._register()
+        self.state.edit_guards.append(lambda sub: Addons.of(self.state).forbid_edit(sub))
         if catalog is not None:
             load_catalog(self.state, catalog)
 
@@ -211,6 +213,17 @@ class Emulator:
         r("POST", "/api/v1/plans/{p}/publish", self.publish_plan)
         r("POST", "/api/v1/plans/{p}/archive", self.archive_plan)
         r("POST", "/api/v1/plans/{p}/next", self.next_plan)
+        r("GET", "/api/v1/addons", self.list_addons)
+        r("POST", "/api/v1/addons", self.create_addon)
+        r("GET", "/api/v1/addons/{a}", self.get_addon)
+        r("POST", "/api/v1/addons/{a}/publish", self.publish_addon)
+        r("POST", "/api/v1/addons/{a}/archive", self.archive_addon)
+        r("GET", "/api/v1/plans/{p}/addons", self.list_plan_addons)
+        r("POST", "/api/v1/plans/{p}/addons", self.create_plan_addon)
+        r("GET", "/api/v1/subscriptions/{s}/addons", self.list_sub_addons)
+        r("POST", "/api/v1/subscriptions/{s}/addons", self.create_sub_addon)
+        r("GET", "/api/v1/subscriptions/{s}/addons/{sa}", self.get_sub_addon)
+        r("PATCH", "/api/v1/subscriptions/{s}/addons/{sa}", self.update_sub_addon)
         r("POST", "/api/v1/subscriptions", self.create_subscription)
         r("GET", "/api/v1/subscriptions/{s}", self.get_subscription)
         r("PATCH", "/api/v1/subscriptions/{s}", self.edit_subscription)
@@ -760,6 +773,70 @@ class Emulator:
             "current": views.subscription(cur, self.state.now()),
             "next": views.subscription_expanded(self.state, nxt),
         }
+
+    # ------------------------------------------------------------------ add-ons (addons.py)
+
+    def _addons(self) -> Addons:
+        return Addons.of(self.state)
+
+    def list_addons(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        now = self.state.now()
+        page, size = _paging(req)
+        items = [a for a in book.addons.values() if a.deleted_at is None]
+        if keys := req.qs("key"):
+            items = [a for a in items if a.key in keys]
+        if statuses := req.qs("status"):
+            items = [a for a in items if a.status(now) in statuses]
+        views_ = [addon_view(a, now) for a in _slice(items, page, size)]
+        return 200, views.page(views_, len(items), page, size)
+
+    def create_addon(self, req: Request) -> tuple[int, Any]:
+        return 201, addon_view(self._addons().create(req.json()), self.state.now())
+
+    def get_addon(self, req: Request) -> tuple[int, Any]:
+        return 200, addon_view(self._addons().get(req.params["a"]), self.state.now())
+
+    def publish_addon(self, req: Request) -> tuple[int, Any]:
+        return 200, addon_view(self._addons().publish(req.params["a"]), self.state.now())
+
+    def archive_addon(self, req: Request) -> tuple[int, Any]:
+        return 200, addon_view(self._addons().archive(req.params["a"]), self.state.now())
+
+    def list_plan_addons(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        now = self.state.now()
+        page, size = _paging(req)
+        links = book.plan_links(req.params["p"])
+        items = [plan_addon_view(book, pa, now) for pa in _slice(links, page, size)]
+        return 200, views.page(items, len(links), page, size)
+
+    def create_plan_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        pa = book.link(req.params["p"], req.json())
+        return 201, plan_addon_view(book, pa, self.state.now())
+
+    def list_sub_addons(self, req: Request) -> tuple[int, Any]:
+        """``subscription/addon/http/list.go``: a plain array."""
+        book = self._addons()
+        self.state.subscription(req.params["s"])
+        now = self.state.now()
+        return 200, [sub_addon_view(book, sa, now) for sa in book.of_subscription(req.params["s"])]
+
+    def create_sub_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        sa = book.purchase(req.params["s"], req.json())
+        return 201, sub_addon_view(book, sa, self.state.now())
+
+    def get_sub_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        sa = book.get_sub_addon(req.params["s"], req.params["sa"])
+        return 200, sub_addon_view(book, sa, self.state.now())
+
+    def update_sub_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        sa = book.update_sub_addon(req.params["s"], req.params["sa"], req.json())
+        return 200, sub_addon_view(book, sa, self.state.now())
 
     # ------------------------------------------------------------------ control API
 

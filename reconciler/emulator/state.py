@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -148,6 +149,10 @@ class ItemVersion:
     updated_at: datetime | None = None
     entitlement_id: str | None = None
     sig: str | None = None
+    # subscription add-ons whose rate cards this version includes (``addons.py``), and whether
+    # the item exists only because of an add-on (removed when its quantity drops to 0)
+    addon_ids: list[str] = field(default_factory=list)
+    addon_created: bool = False
 
 
 @dataclass(slots=True)
@@ -307,9 +312,12 @@ class State:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.lock = threading.RLock()
+        # checks run before an edit's patches (``EditRunning``: the add-on check, addons.py)
+        self.edit_guards: list[Callable[[Subscription], None]] = []
         self.reset()
 
     def reset(self) -> None:
+        self.extensions: dict[str, Any] = {}
         self.customers: dict[str, Customer] = {}
         self.customer_by_key: dict[str, str] = {}
         self.customer_by_subject: dict[str, str] = {}
@@ -1090,6 +1098,8 @@ class State:
             )
         if not ops:
             raise E.validation("missing customizations")
+        for guard in self.edit_guards:
+            guard(sub)
         # ``workflow/service/subscription.go`` ``EditRunning``: every patch's ``Validate`` runs
         # before the timing is resolved and the patches applied
         tpl_issues = [
