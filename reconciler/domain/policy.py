@@ -29,6 +29,7 @@ from fnmatch import fnmatchcase
 
 import yaml
 
+from reconciler.domain.addons import AddonMode
 from reconciler.domain.model import Direction, Timing
 
 __all__ = [
@@ -253,7 +254,7 @@ def _kind(node: yaml.Node) -> str:
     return f"{tag} {node.value!r}"
 
 
-_TOP_KEYS = ("version", "ladder", "defaults", "rules", "guards")
+_TOP_KEYS = ("version", "ladder", "defaults", "rules", "guards", "addons")
 _DEFAULT_KEYS = ("upgrade", "downgrade", "lateral", "unranked")
 _RULE_KEYS = ("name", "from", "to", "direction", "timing", "reason")
 _GUARD_KEYS = ("downgrade_below_usage",)
@@ -264,6 +265,19 @@ _BUILTIN_DEFAULTS: Mapping[Direction, Timing] = {
     Direction.DOWNGRADE: Timing.NEXT_BILLING_CYCLE,
     Direction.LATERAL: Timing.NEXT_BILLING_CYCLE,
 }
+
+
+def addons_line(mode: AddonMode) -> str:
+    """The ``explain`` line of the ``addons`` setting."""
+    if mode is AddonMode.REFUSE:
+        return (
+            "addons: refuse (an immediate change of a subscription with add-ons is refused: "
+            "OpenMeter does not edit such subscriptions, and a plan change would reset usage)"
+        )
+    return (
+        "addons: change_resets_usage (an immediate change of a subscription with add-ons is "
+        "made by a plan change now: usage restarts from 0, the add-ons are not carried over)"
+    )
 
 
 # --- the policy -----------------------------------------------------------------------------
@@ -278,6 +292,8 @@ class Policy:
     unranked: Timing | None = None  # None: a change involving an unranked plan is an error
     rules: tuple[Rule, ...] = ()
     downgrade_below_usage: GuardMode = GuardMode.DEFER
+    # a change that would edit a subscription with add-ons (``reconciler/domain/addons.py``)
+    addons: AddonMode = AddonMode.REFUSE
     source: str = "<default>"
     ladder_lines: Mapping[str, int] = field(default_factory=dict)
 
@@ -376,12 +392,19 @@ class Policy:
                     )
                 )
 
+        addons = AddonMode.REFUSE
+        if "addons" in top:
+            addons = AddonMode(
+                ld.choice(top["addons"][1], "addons", tuple(m.value for m in AddonMode))
+            )
+
         return cls(
             ladder=tuple(ladder),
             defaults=defaults,
             unranked=unranked,
             rules=tuple(rules),
             downgrade_below_usage=guard,
+            addons=addons,
             source=source,
             ladder_lines=ladder_lines,
         )
@@ -474,6 +497,7 @@ class Policy:
             usage_by_feature,
             target_allowance_by_feature,
         )
+        trace.append(addons_line(self.addons))
         if isinstance(decision, PolicyError):
             trace.append(f"decision: error: {decision.message}")
         else:

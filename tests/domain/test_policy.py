@@ -375,7 +375,8 @@ def test_explain_lists_every_rule_and_the_decision() -> None:
     assert lines[-1].startswith(
         "decision: downgrade, next_billing_cycle by rules[0] (leaving pro waits"
     )
-    assert len(lines) == 6
+    assert lines[-2].startswith("addons: refuse (")
+    assert len(lines) == 7
 
 
 def test_explain_defaults_guard_and_errors() -> None:
@@ -388,7 +389,8 @@ def test_explain_defaults_guard_and_errors() -> None:
     assert lines[3] == "no rule matched: defaults.downgrade = immediate"
     assert lines[4].startswith("guard downgrade_below_usage=defer: api_calls: used 1200")
     assert lines[4].endswith("-> next_billing_cycle")
-    assert lines[5].startswith("decision: downgrade, next_billing_cycle by defaults.downgrade")
+    assert lines[5].startswith("addons: refuse")
+    assert lines[6].startswith("decision: downgrade, next_billing_cycle by defaults.downgrade")
     err = p.explain("pro", "enterprise")
     assert err[-1].startswith("decision: error: plan 'enterprise' not in the ladder")
     noop = p.explain("pro", "pro", from_version=1, to_version=1)
@@ -441,3 +443,24 @@ def test_refuse_guard_fires_exactly_when_some_allowance_is_below_usage(
     short = any(f in allowance and allowance[f] < u for f, u in usage.items())
     assert (d.timing is T.ILLEGAL) == short
     assert (d.guard is not None) == short
+
+
+# --- addons ---------------------------------------------------------------------------------
+
+
+def test_addons_setting_parsed_validated_and_explained() -> None:
+    from reconciler.domain.addons import AddonMode
+
+    assert Policy.default().addons is AddonMode.REFUSE
+    assert Policy.from_yaml("ladder: [free, pro]\n").addons is AddonMode.REFUSE
+    p = Policy.from_yaml("ladder: [free, pro]\naddons: change_resets_usage\n")
+    assert p.addons is AddonMode.CHANGE_RESETS_USAGE
+    lines = p.explain("free", "pro")
+    assert lines[-2].startswith("addons: change_resets_usage (")
+    assert "usage restarts from 0" in lines[-2]
+    with pytest.raises(PolicyError) as err:
+        Policy.from_yaml("ladder: [free, pro]\naddons: detach\n")
+    assert err.value.line == 2 and "addons" in str(err.value)
+    with pytest.raises(PolicyError) as err:
+        Policy.from_yaml("ladder: [free, pro]\naddon: refuse\n")
+    assert "addons" in str(err.value)  # did-you-mean hint
