@@ -923,6 +923,10 @@ class Queries:
         observed = await e.observer.observe(customer, now)
         desired = Desired("preview", target.key, target.version, now)
         result = plan(observed, desired, target, e.policy, now)
+        if addons_matter(result):
+            observed = await e.observer.with_addons(observed)
+            mode = getattr(e.policy, "addons", AddonMode.REFUSE)
+            result = addon_gate(result, observed, target, mode, desired.change_id)
         doc = preview_document(observed, result, target, now)
         doc["charges"] = await _charges(e, observed, result, target, now)
         return doc
