@@ -118,7 +118,8 @@ class ScheduleChange:
         return HttpCall("POST", f"/api/v1/subscriptions/{self.subscription_id}/change", body)
 
     def describe(self) -> str:
-        return f"schedule change of {self.subscription_id} to {self.plan} at the next billing cycle"
+        when = "now" if self.timing is Timing.IMMEDIATE else "at the next billing cycle"
+        return f"schedule change of {self.subscription_id} to {self.plan} {when}"
 
 
 @dataclass(frozen=True, slots=True)

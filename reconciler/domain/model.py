@@ -313,6 +313,9 @@ class Observed:
     current: ObservedSubscription | None
     successor: ObservedSubscription | None
     values: Mapping[str, EntitlementValue] = field(default_factory=dict)
+    # add-on keys of ``current`` with a quantity above 0 at any time; None = not read (read
+    # only when an edit is planned: OpenMeter refuses to edit such a subscription)
+    addons: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

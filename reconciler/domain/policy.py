@@ -29,6 +29,7 @@ from fnmatch import fnmatchcase
 
 import yaml
 
+from reconciler.domain.addons import AddonMode
 from reconciler.domain.convergence import PlanRecordMode
 from reconciler.domain.model import Direction, Timing
 
@@ -257,7 +258,7 @@ def _kind(node: yaml.Node) -> str:
     return f"{tag} {node.value!r}"
 
 
-_TOP_KEYS = ("version", "ladder", "defaults", "rules", "guards")
+_TOP_KEYS = ("version", "ladder", "defaults", "rules", "guards", "addons")
 _DEFAULT_KEYS = ("upgrade", "downgrade", "lateral", "unranked", "plan_record")
 _RULE_KEYS = ("name", "from", "to", "direction", "timing", "reason", "plan_record")
 _PLAN_RECORD_CHOICES = tuple(m.value for m in PlanRecordMode)
@@ -269,6 +270,19 @@ _BUILTIN_DEFAULTS: Mapping[Direction, Timing] = {
     Direction.DOWNGRADE: Timing.NEXT_BILLING_CYCLE,
     Direction.LATERAL: Timing.NEXT_BILLING_CYCLE,
 }
+
+
+def addons_line(mode: AddonMode) -> str:
+    """The ``explain`` line of the ``addons`` setting."""
+    if mode is AddonMode.REFUSE:
+        return (
+            "addons: refuse (an immediate change of a subscription with add-ons is refused: "
+            "OpenMeter does not edit such subscriptions, and a plan change would reset usage)"
+        )
+    return (
+        "addons: change_resets_usage (an immediate change of a subscription with add-ons is "
+        "made by a plan change now: usage restarts from 0, the add-ons are not carried over)"
+    )
 
 
 # --- the policy -----------------------------------------------------------------------------
@@ -284,6 +298,8 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     downgrade_below_usage: GuardMode = GuardMode.DEFER
     plan_record: PlanRecordMode = PlanRecordMode.BILLING_SAFE
+    # a change that would edit a subscription with add-ons (``reconciler/domain/addons.py``)
+    addons: AddonMode = AddonMode.REFUSE
     source: str = "<default>"
     ladder_lines: Mapping[str, int] = field(default_factory=dict)
 
@@ -387,6 +403,12 @@ class Policy:
                     )
                 )
 
+        addons = AddonMode.REFUSE
+        if "addons" in top:
+            addons = AddonMode(
+                ld.choice(top["addons"][1], "addons", tuple(m.value for m in AddonMode))
+            )
+
         return cls(
             ladder=tuple(ladder),
             defaults=defaults,
@@ -394,6 +416,7 @@ class Policy:
             rules=tuple(rules),
             downgrade_below_usage=guard,
             plan_record=plan_record,
+            addons=addons,
             source=source,
             ladder_lines=ladder_lines,
         )
@@ -486,6 +509,7 @@ class Policy:
             usage_by_feature,
             target_allowance_by_feature,
         )
+        trace.append(addons_line(self.addons))
         if isinstance(decision, PolicyError):
             trace.append(f"decision: error: {decision.message}")
         else:

@@ -25,6 +25,7 @@ import yaml
 
 from reconciler.emulator import errors as E
 from reconciler.emulator import views
+from reconciler.emulator.addons import Addons, addon_view, plan_addon_view, sub_addon_view
 from reconciler.emulator.catalog import load_catalog, parse_catalog_text
 from reconciler.emulator.clock import Clock
 from reconciler.emulator.state import Customer, State, num
@@ -149,6 +150,7 @@ class Emulator:
         self.fault_ids = itertools.count(1)
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._register()
+        self.state.edit_guards.append(lambda sub: Addons.of(self.state).forbid_edit(sub))
         if catalog is not None:
             load_catalog(self.state, catalog)
 
@@ -192,6 +194,9 @@ class Emulator:
         r("GET", "/api/v2/customers/{c}/entitlements/{e}/grants", self.grants_v2)
         r("POST", "/api/v2/customers/{c}/entitlements/{e}/reset", self.mutate_ent_v2)
         r("GET", "/api/v2/entitlements/{e}", self.get_ent_by_id_v2)
+        r("GET", "/api/v1/subjects/{subj}/entitlements/{e}/value", self.subject_value_v1)
+        r("GET", "/api/v1/subjects/{subj}/entitlements/{e}", self.get_ent_v1)
+        r("DELETE", "/api/v1/subjects/{subj}/entitlements/{e}", self.delete_ent_v1)
         r("GET", "/api/v1/meters", self.list_meters)
         r("POST", "/api/v1/meters", self.create_meter)
         r("GET", "/api/v1/meters/{m}", self.get_meter)
@@ -208,6 +213,17 @@ class Emulator:
         r("POST", "/api/v1/plans/{p}/publish", self.publish_plan)
         r("POST", "/api/v1/plans/{p}/archive", self.archive_plan)
         r("POST", "/api/v1/plans/{p}/next", self.next_plan)
+        r("GET", "/api/v1/addons", self.list_addons)
+        r("POST", "/api/v1/addons", self.create_addon)
+        r("GET", "/api/v1/addons/{a}", self.get_addon)
+        r("POST", "/api/v1/addons/{a}/publish", self.publish_addon)
+        r("POST", "/api/v1/addons/{a}/archive", self.archive_addon)
+        r("GET", "/api/v1/plans/{p}/addons", self.list_plan_addons)
+        r("POST", "/api/v1/plans/{p}/addons", self.create_plan_addon)
+        r("GET", "/api/v1/subscriptions/{s}/addons", self.list_sub_addons)
+        r("POST", "/api/v1/subscriptions/{s}/addons", self.create_sub_addon)
+        r("GET", "/api/v1/subscriptions/{s}/addons/{sa}", self.get_sub_addon)
+        r("PATCH", "/api/v1/subscriptions/{s}/addons/{sa}", self.update_sub_addon)
         r("POST", "/api/v1/subscriptions", self.create_subscription)
         r("GET", "/api/v1/subscriptions/{s}", self.get_subscription)
         r("PATCH", "/api/v1/subscriptions/{s}", self.edit_subscription)
@@ -256,6 +272,19 @@ class Emulator:
             cid = st.customer_by_subject.get(subject)
             ids = [i for i in ids if i == cid]
         customers = [st.customers[i] for i in ids]
+        plan_key = req.q("planKey")
+        if plan_key is not None:
+            # ``customer/adapter/customer.go`` ``applyActiveSubscriptionFilterWithPlanKey``
+            now_ = st.now()
+            customers = [
+                c
+                for c in customers
+                if any(
+                    s.plan_ref is not None and s.plan_ref.get("key") == plan_key
+                    for s in st.customer_subscriptions_active_at(c, now_)
+                    if s.created_at <= now_
+                )
+            ]
         if not include_deleted:
             customers = [c for c in customers if c.deleted_at is None]
         name = req.q("name")
@@ -371,6 +400,40 @@ class Emulator:
             raise E.not_found(f"entitlement not found: {req.params['e']}")
         return 200, views.entitlement(st, e, v2=True)
 
+    def _ent_v1(self, req: Request) -> Any:
+        """``entitlement/driver/entitlement.go``: the v1 subject routes look the entitlement up
+        by id only (the subject in the path is not used)."""
+        st = self.state
+        e = st.ents.get(req.params["e"])
+        if e is None or e.is_deleted(st.now()):
+            raise E.not_found(f"entitlement not found: {req.params['e']}")
+        return e
+
+    def subject_value_v1(self, req: Request) -> tuple[int, Any]:
+        """``GET /api/v1/subjects/{subject}/entitlements/{idOrFeatureKey}/value``
+        (``entitlement/driver/entitlement.go`` ``GetEntitlementValue``): the subject resolves to
+        the customer whose usage attribution lists it (``customer.go``
+        ``GetCustomerByUsageAttribution``, 404 otherwise); the value is the customer's, so usage
+        counts every subject of that customer (e2e ``multisubject_test.go``)."""
+        st = self.state
+        cid = st.customer_by_subject.get(req.params["subj"])
+        c = st.customers.get(cid) if cid else None
+        if c is None or c.deleted_at is not None:
+            raise E.not_found(f"subject not found: {req.params['subj']}")
+        return 200, st.entitlement_value(c, st.entitlement_by_id_or_feature(c, req.params["e"]))
+
+    def get_ent_v1(self, req: Request) -> tuple[int, Any]:
+        return 200, views.entitlement(self.state, self._ent_v1(req), v2=False)
+
+    def delete_ent_v1(self, req: Request) -> tuple[int, Any]:
+        """``DeleteEntitlement`` → connector → ``entitlement/hooks/subscription/hook.go``
+        ``PreDelete``: 403 for a subscription-managed entitlement, as on the v2 route."""
+        e = self._ent_v1(req)
+        self.state.forbid_managed(e)
+        raise E.ApiError(
+            501, "not implemented: only subscription-managed entitlements are emulated"
+        )
+
     def mutate_ent_v2(self, req: Request) -> tuple[int, Any]:
         """Override / grant / reset / delete: 403 for subscription-managed entitlements
         (``entitlement/hooks/subscription/hook.go``). Only managed entitlements exist here."""
@@ -415,7 +478,9 @@ class Emulator:
         return 200, [views.meter(m) for m in self.state.meters.values()]
 
     def create_meter(self, req: Request) -> tuple[int, Any]:
-        return 201, views.meter(self.state.create_meter(req.json()))
+        """``meter/httphandler/meter.go`` ``CreateMeter`` encodes with ``http.StatusOK``; the
+        OpenAPI document declares 201. The implementation wins."""
+        return 200, views.meter(self.state.create_meter(req.json()))
 
     def get_meter(self, req: Request) -> tuple[int, Any]:
         return 200, views.meter(self.state.meter(req.params["m"]))
@@ -708,6 +773,70 @@ class Emulator:
             "current": views.subscription(cur, self.state.now()),
             "next": views.subscription_expanded(self.state, nxt),
         }
+
+    # ------------------------------------------------------------------ add-ons (addons.py)
+
+    def _addons(self) -> Addons:
+        return Addons.of(self.state)
+
+    def list_addons(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        now = self.state.now()
+        page, size = _paging(req)
+        items = [a for a in book.addons.values() if a.deleted_at is None]
+        if keys := req.qs("key"):
+            items = [a for a in items if a.key in keys]
+        if statuses := req.qs("status"):
+            items = [a for a in items if a.status(now) in statuses]
+        views_ = [addon_view(a, now) for a in _slice(items, page, size)]
+        return 200, views.page(views_, len(items), page, size)
+
+    def create_addon(self, req: Request) -> tuple[int, Any]:
+        return 201, addon_view(self._addons().create(req.json()), self.state.now())
+
+    def get_addon(self, req: Request) -> tuple[int, Any]:
+        return 200, addon_view(self._addons().get(req.params["a"]), self.state.now())
+
+    def publish_addon(self, req: Request) -> tuple[int, Any]:
+        return 200, addon_view(self._addons().publish(req.params["a"]), self.state.now())
+
+    def archive_addon(self, req: Request) -> tuple[int, Any]:
+        return 200, addon_view(self._addons().archive(req.params["a"]), self.state.now())
+
+    def list_plan_addons(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        now = self.state.now()
+        page, size = _paging(req)
+        links = book.plan_links(req.params["p"])
+        items = [plan_addon_view(book, pa, now) for pa in _slice(links, page, size)]
+        return 200, views.page(items, len(links), page, size)
+
+    def create_plan_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        pa = book.link(req.params["p"], req.json())
+        return 201, plan_addon_view(book, pa, self.state.now())
+
+    def list_sub_addons(self, req: Request) -> tuple[int, Any]:
+        """``subscription/addon/http/list.go``: a plain array."""
+        book = self._addons()
+        self.state.subscription(req.params["s"])
+        now = self.state.now()
+        return 200, [sub_addon_view(book, sa, now) for sa in book.of_subscription(req.params["s"])]
+
+    def create_sub_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        sa = book.purchase(req.params["s"], req.json())
+        return 201, sub_addon_view(book, sa, self.state.now())
+
+    def get_sub_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        sa = book.get_sub_addon(req.params["s"], req.params["sa"])
+        return 200, sub_addon_view(book, sa, self.state.now())
+
+    def update_sub_addon(self, req: Request) -> tuple[int, Any]:
+        book = self._addons()
+        sa = book.update_sub_addon(req.params["s"], req.params["sa"], req.json())
+        return 200, sub_addon_view(book, sa, self.state.now())
 
     # ------------------------------------------------------------------ control API
 

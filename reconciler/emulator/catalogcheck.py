@@ -287,3 +287,78 @@ def normalize_phases(phases: Any, features: FeatureLookup) -> list[dict[str, Any
 def ensure(cond: bool, err: ApiError) -> None:
     if not cond:
         raise err
+
+
+# --------------------------------------------------------------------------- alignment
+
+UNALIGNED_CODE = "rate_card_billing_cadence_unaligned"
+UNALIGNED_MESSAGE = "ratecards with prices must have compatible billing cadence"
+IAR_PRIORITY_CODE = "entitlement_template_invalid_issue_after_reset_with_priority"
+IAR_PRIORITY_MESSAGE = (
+    "invalid entitlement template as issue after reset is required if issue after reset "
+    "priority is set"
+)
+
+
+def cadences_align(base: str, cadence: str) -> bool:
+    """``productcatalog/alignment.go`` ``ValidateBillingCadencesAlign``: equal, or one divides the
+    other (approximated on the cadences' lengths in seconds)."""
+    a = Duration.parse(base).approx_seconds()
+    b = Duration.parse(cadence).approx_seconds()
+    big, small = max(a, b), min(a, b)
+    if small <= 0:
+        return False
+    ratio = big / small
+    return abs(ratio - round(ratio)) <= 0.02
+
+
+def warning_issue(code: str, message: str, field: str) -> dict[str, Any]:
+    """``pkg/models/validationissue.go`` ``AsErrorExtension`` of a warning-severity issue."""
+    return {"code": code, "message": message, "severity": "warning", "field": field}
+
+
+def plan_alignment_issues(cadence: str, phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``productcatalog/plan.go`` ``ValidatePlanHasAlignedBillingCadences``: every *billable*
+    rate card (one with a price) with a billing cadence must align with the plan's. The issue
+    is of warning severity: ``plan/httpdriver/plan.go`` creates and updates with
+    ``IgnoreNonCriticalIssues`` (the plan is stored and shows the issue in
+    ``validationErrors``); publishing refuses it (400)."""
+    out = []
+    for ph in phases:
+        for rc in ph.get("rateCards", []):
+            rcc = rc.get("billingCadence")
+            if rc.get("price") is None or rcc is None:
+                continue
+            if not cadences_align(cadence, rcc):
+                out.append(
+                    warning_issue(
+                        UNALIGNED_CODE,
+                        UNALIGNED_MESSAGE,
+                        f"$.phases[?(@.key=='{ph['key']}')].rateCards[?(@.key=='{rc['key']}')]"
+                        ".billingCadence",
+                    )
+                )
+    return out
+
+
+def entitlement_template_issues(phase_key: str, rc: Any) -> list[dict[str, Any]]:
+    """``productcatalog/entitlement.go`` ``MeteredEntitlementTemplate.Validate``:
+    ``issueAfterResetPriority`` without ``issueAfterReset``. In an edit this runs in the patch's
+    ``Validate`` (``subscription/patch/additem.go``), before the patch is applied and so before
+    the feature (and its meter) is resolved; the field is the patch's descriptor
+    (``$.phases[?(@.key=='P')].items.K``) + ``entitlementTemplate.issueAfterReset``."""
+    if not isinstance(rc, dict):
+        return []
+    tpl = rc.get("entitlementTemplate")
+    if not isinstance(tpl, dict) or tpl.get("type") != "metered":
+        return []
+    if tpl.get("issueAfterResetPriority") is not None and tpl.get("issueAfterReset") is None:
+        return [
+            warning_issue(
+                IAR_PRIORITY_CODE,
+                IAR_PRIORITY_MESSAGE,
+                f"$.phases[?(@.key=='{phase_key}')].items.{rc.get('key')}"
+                ".entitlementTemplate.issueAfterReset",
+            )
+        ]
+    return []

@@ -72,6 +72,11 @@ def issue(
     return ApiError(status, message, {"validationErrors": entries})
 
 
+def issues(status: int, detail: str, entries: list[dict[str, Any]]) -> ApiError:
+    """Pre-built issue extensions (``validationErrors``) under ``detail``."""
+    return ApiError(status, detail, {"validationErrors": entries})
+
+
 def go_time(dt: datetime) -> str:
     """Go's ``time.Time.String()`` for a UTC time: ``2026-01-15 10:00:00.5 +0000 UTC``."""
     frac = f".{dt.microsecond:06d}".rstrip("0") if dt.microsecond else ""

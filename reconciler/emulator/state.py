@@ -10,19 +10,26 @@ import copy
 import hashlib
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.emulator import errors as E
 from reconciler.emulator.catalogcheck import (
+    UNALIGNED_CODE,
+    UNALIGNED_MESSAGE,
+    cadences_align,
     check_currency,
     check_key,
+    entitlement_template_issues,
     normalize_phases,
     normalize_pro_rating,
     normalize_rate_card,
     parse_duration_field,
+    plan_alignment_issues,
     req_str,
+    warning_issue,
 )
 from reconciler.emulator.clock import Clock
 from reconciler.emulator.timeutil import (
@@ -44,6 +51,19 @@ NAMESPACE = "default"
 def put(d: Json, key: str, value: Any) -> None:
     if value is not None:
         d[key] = value
+
+
+def _group_by_filters(body: Json) -> dict[str, Json] | None:
+    """``productcatalog/driver/parser.go`` ``MapFeatureCreateInputsRequest``: the advanced filters
+    win; otherwise each legacy ``meterGroupByFilters`` entry becomes ``{"$eq": value}``
+    (``feature/feature.go`` ``ConvertMapStringToMeterGroupByFilters``)."""
+    adv = body.get("advancedMeterGroupByFilters")
+    if isinstance(adv, dict) and adv:
+        return {str(k): dict(v) for k, v in adv.items() if isinstance(v, dict)}
+    legacy = body.get("meterGroupByFilters")
+    if isinstance(legacy, dict) and legacy:
+        return {str(k): {"$eq": v} for k, v in legacy.items()}
+    return None
 
 
 def num(x: float) -> float | int:
@@ -82,7 +102,7 @@ class Feature:
     name: str
     meter_slug: str | None
     metadata: dict[str, str] | None
-    meter_group_by_filters: dict[str, str] | None
+    meter_group_by_filters: dict[str, Json] | None
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None = None
@@ -129,6 +149,10 @@ class ItemVersion:
     updated_at: datetime | None = None
     entitlement_id: str | None = None
     sig: str | None = None
+    # subscription add-ons whose rate cards this version includes (``addons.py``), and whether
+    # the item exists only because of an add-on (removed when its quantity drops to 0)
+    addon_ids: list[str] = field(default_factory=list)
+    addon_created: bool = False
 
 
 @dataclass(slots=True)
@@ -288,9 +312,12 @@ class State:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.lock = threading.RLock()
+        # checks run before an edit's patches (``EditRunning``: the add-on check, addons.py)
+        self.edit_guards: list[Callable[[Subscription], None]] = []
         self.reset()
 
     def reset(self) -> None:
+        self.extensions: dict[str, Any] = {}
         self.customers: dict[str, Customer] = {}
         self.customer_by_key: dict[str, str] = {}
         self.customer_by_subject: dict[str, str] = {}
@@ -477,7 +504,7 @@ class State:
             name=name,
             meter_slug=slug,
             metadata=body.get("metadata"),
-            meter_group_by_filters=body.get("meterGroupByFilters"),
+            meter_group_by_filters=_group_by_filters(body),
             created_at=now,
             updated_at=now,
         )
@@ -506,14 +533,23 @@ class State:
                     )
             if ev.get("specversion", "1.0") != "1.0":
                 raise E.bad_request("request body has an error: specversion must be 1.0")
-            when = self._time(ev["time"], "time") if ev.get("time") else self.now()
+            # ``server/router/router.go``: requests are validated against the OpenAPI document
+            # (kin-openapi); ``Event.datacontenttype`` is an enum of ``application/json`` and
+            # ``Event.data`` an object (e2e ``TestInvalidIngest``: XML data and string data → 400).
+            dct = ev.get("datacontenttype")
+            if dct is not None and dct != "application/json":
+                raise E.bad_request(
+                    "request body has an error: doesn't match schema: Error at "
+                    '"/datacontenttype": value is not one of the allowed values '
+                    '["application/json"]'
+                )
             data = ev.get("data")
-            if isinstance(data, str):
-                try:
-                    data = json.loads(data)
-                except ValueError:
-                    data = None
-                ev = {**ev, "data": data}
+            if data is not None and not isinstance(data, dict):
+                raise E.bad_request(
+                    "request body has an error: doesn't match schema: Error at "
+                    '"/data": value must be an object'
+                )
+            when = self._time(ev["time"], "time") if ev.get("time") else self.now()
             prepared.append((ev, when))
         meters = list(self.meters.values())
         for ev, when in prepared:
@@ -534,7 +570,7 @@ class State:
         ):
             raise E.validation("invalid plan: billing cadence must be positive")
         phases = normalize_phases(body.get("phases"), self.feature_lookup)
-        self._check_alignment(cadence, phases)
+        # alignment is a warning-severity issue: stored, refused at publish (``publish_plan``)
         versions = [self.plans[i] for i in self.plans_by_key.get(key, [])]
         live = [p for p in versions if p.deleted_at is None]
         now = self.now()
@@ -558,23 +594,6 @@ class State:
         self.plans[p.id] = p
         self.plans_by_key.setdefault(key, []).append(p.id)
         return p
-
-    def _check_alignment(self, cadence: str, phases: list[Json]) -> None:
-        """``productcatalog/alignment.go`` ``ValidateBillingCadencesAlign``: priced rate cards
-        must have a cadence that equals, divides or is divisible by the plan cadence."""
-        base = Duration.parse(cadence).approx_seconds()
-        for ph in phases:
-            for rc in ph["rateCards"]:
-                if rc.get("price") is None or rc.get("billingCadence") is None:
-                    continue
-                c = Duration.parse(rc["billingCadence"]).approx_seconds()
-                big, small = max(c, base), min(c, base)
-                ratio = big / small
-                if abs(ratio - round(ratio)) > 0.02:
-                    raise E.validation(
-                        f"invalid plan: rate card {rc['key']} billing cadence "
-                        f"{rc['billingCadence']} does not align with plan billing cadence {cadence}"
-                    )
 
     def update_plan(self, plan_id: str, body: Any) -> Plan:
         p = self.plan_by_id(plan_id)
@@ -639,6 +658,10 @@ class State:
                     f"invalid plan [id={p.id} key={p.key} version={p.version}]: "
                     f"plan phase {ph['key']} has no rate cards"
                 )
+        issues = plan_alignment_issues(p.billing_cadence, p.phases)
+        if issues:
+            # ``productcatalog/http/errors.go`` ``ValidationErrorEncoder``: 400 ``invalid plan``
+            raise E.issues(400, "invalid plan", issues)
         eff = effective_from or now
         for oid in self.plans_by_key.get(p.key, []):
             other = self.plans[oid]
@@ -772,7 +795,10 @@ class State:
     def _create_custom(self, body: Json) -> Subscription:
         cust = self._customer_ref(body)
         tmp = self._custom_plan(body)
-        self._check_alignment(tmp.billing_cadence, tmp.phases)
+        # ``workflow/service/subscription.go`` ``CreateFromPlan`` → ``spec.ValidateAlignment``
+        issues = plan_alignment_issues(tmp.billing_cadence, tmp.phases)
+        if issues:
+            raise E.issues(400, UNALIGNED_MESSAGE, issues)
         start = self._resolve_create_timing(body.get("timing"))
         anchor = (
             self._time(body["billingAnchor"], "billingAnchor")
@@ -1072,6 +1098,18 @@ class State:
             )
         if not ops:
             raise E.validation("missing customizations")
+        for guard in self.edit_guards:
+            guard(sub)
+        # ``workflow/service/subscription.go`` ``EditRunning``: every patch's ``Validate`` runs
+        # before the timing is resolved and the patches applied
+        tpl_issues = [
+            issue
+            for op in ops
+            if isinstance(op, dict) and op.get("op") == "add_item"
+            for issue in entitlement_template_issues(str(op.get("phaseKey")), op.get("rateCard"))
+        ]
+        if tpl_issues:
+            raise E.issues(400, tpl_issues[0]["message"], tpl_issues)
         parsed = [self._parse_op(op) for op in ops]
         now = self.now()
         timing = body.get("timing", "immediate")
@@ -1106,6 +1144,7 @@ class State:
             self._apply_op(work, op, at)
             self._validate_spec(work, final=False)
         self._validate_spec(work, final=True)
+        self._validate_alignment(work)
         status = sub.status(now)
         if status != "active":
             raise E.transition("update", status)
@@ -1113,6 +1152,30 @@ class State:
         self.subs[sub.id] = work
         self._materialize(work, old_ids)
         return work
+
+    def _validate_alignment(self, sub: Subscription) -> None:
+        """``subscriptionspec.go`` ``SubscriptionSpec.ValidateAlignment`` (called by
+        ``EditRunning`` after applying the patches): every billable item version (a rate card
+        with a price and a billing cadence) must align with the subscription's cadence; the
+        field is ``phases[key].itemsByKey.<key>[<index>]`` + the issue's ``billingCadence``."""
+        issues = []
+        for ph in sub.phases:
+            for key, versions in ph.items.items():
+                for idx, v in enumerate(versions):
+                    rcc = v.rate_card.get("billingCadence")
+                    if v.rate_card.get("price") is None or rcc is None:
+                        continue
+                    if not cadences_align(sub.billing_cadence, rcc):
+                        issues.append(
+                            warning_issue(
+                                UNALIGNED_CODE,
+                                UNALIGNED_MESSAGE,
+                                f"$.phases[?(@.key=='{ph.key}')].itemsByKey.{key}[{idx}]"
+                                ".billingCadence",
+                            )
+                        )
+        if issues:
+            raise E.issues(400, UNALIGNED_MESSAGE, issues)
 
     def _parse_op(self, op: Any) -> Json:
         if not isinstance(op, dict) or op.get("op") not in (

@@ -12,6 +12,7 @@ of the last event.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,13 +79,17 @@ def to_number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        out = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            out = float(value)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    # ``streaming/clickhouse/meter_query.go`` filters rows whose value is NaN or infinite
+    # (e2e ``TestInvalidIngest``: SUM over "100", "NaN" and "Inf" is 100).
+    return out if math.isfinite(out) else None
 
 
 def aggregate(aggregation: str, values: Iterable[Any]) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from reconciler.emulator.catalogcheck import plan_alignment_issues
 from reconciler.emulator.state import (
     Customer,
     Entitlement,
@@ -89,7 +90,13 @@ def feature(f: Feature) -> Json:
     }
     put(out, "meterSlug", f.meter_slug)
     put(out, "metadata", f.metadata)
-    put(out, "meterGroupByFilters", f.meter_group_by_filters)
+    filters = f.meter_group_by_filters
+    if filters:
+        # ``productcatalog/driver/parser.go`` ``MapFeatureToResponse``: the legacy map only when
+        # every filter is an equality (``ConvertMeterGroupByFiltersToMapString``)
+        if all(set(v) == {"$eq"} for v in filters.values()):
+            out["meterGroupByFilters"] = {k: v["$eq"] for k, v in filters.items()}
+        out["advancedMeterGroupByFilters"] = {k: dict(v) for k, v in filters.items()}
     put(out, "archivedAt", fmt(f.archived_at))
     return out
 
@@ -114,7 +121,12 @@ def plan(p: Plan, now: datetime) -> Json:
         "status": p.status(now),
         "createdAt": fmt(p.created_at),
         "updatedAt": fmt(p.updated_at),
-        "validationErrors": None,
+        # ``productcatalog/http/mapping.go`` ``FromValidationErrors``: message, field, code
+        "validationErrors": [
+            {k: i[k] for k in ("code", "message", "field")}
+            for i in plan_alignment_issues(p.billing_cadence, p.phases)
+        ]
+        or None,
         "phases": [
             {
                 **{k: v for k, v in ph.items() if k not in ("rateCards",) and v is not None},

@@ -28,6 +28,8 @@ from reconciler.domain.actions import (
     ScheduleChange,
     Unschedule,
 )
+from reconciler.domain.addons import AddonMode, addons_matter
+from reconciler.domain.addons import gate as addon_gate
 from reconciler.domain.drift import ObservedMark, items_summary, mark_of
 from reconciler.domain.model import (
     META_CHANGE,
@@ -379,6 +381,11 @@ class Engine:
                 observed = await self.observer.with_values(observed, now)
                 values = dict(observed.values)
                 result = plan(observed, desired, target, self.policy, now, settled=settled)
+            if addons_matter(result) and observed.addons is None:
+                # OpenMeter refuses to edit a subscription with add-ons: one read, only now
+                observed = await self.observer.with_addons(observed)
+            mode = getattr(self.policy, "addons", AddonMode.REFUSE)
+            result = addon_gate(result, observed, target, mode, desired.change_id)
             if step == 0:
                 change = await self._record_decision(change, result, observed)
                 if converged and result.actions:
@@ -984,6 +991,10 @@ class Queries:
         observed = await e.observer.observe(customer, now)
         desired = Desired("preview", target.key, target.version, now)
         result = plan(observed, desired, target, e.policy, now)
+        if addons_matter(result):
+            observed = await e.observer.with_addons(observed)
+            mode = getattr(e.policy, "addons", AddonMode.REFUSE)
+            result = addon_gate(result, observed, target, mode, desired.change_id)
         doc = preview_document(observed, result, target, now)
         doc["charges"] = await _charges(e, observed, result, target, now)
         return doc

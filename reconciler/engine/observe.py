@@ -156,6 +156,24 @@ class Observer:
         vals = await self.values(observed.customer_id, metered_features(observed.current, now))
         return dataclasses.replace(observed, values=vals)
 
+    async def with_addons(self, observed: Observed) -> Observed:
+        """``observed`` with the add-ons of its current subscription (one read). An add-on
+        counts when any segment of its quantity timeline is above 0: OpenMeter's ``hasAddons``
+        (``workflow/service/addon.go``) looks at the whole history, so a quantity set back to 0
+        still forbids edits."""
+        if observed.current is None:
+            return dataclasses.replace(observed, addons=())
+        await self.pacer.yield_point()
+        rows = await self.client.list_subscription_addons(observed.current.id)
+        keys = tuple(
+            sorted(
+                str((row.get("addon") or {}).get("key") or row.get("id"))
+                for row in rows
+                if any((seg.get("quantity") or 0) > 0 for seg in row.get("timeline") or ())
+            )
+        )
+        return dataclasses.replace(observed, addons=keys)
+
     async def _expanded(self, sub: Subscription | None) -> ObservedSubscription | None:
         if sub is None:
             return None

@@ -658,6 +658,15 @@ class OpenMeterClient:
         )
         return result
 
+    async def list_subscription_addons(self, subscription_id: str) -> list[dict[str, Any]]:
+        """``GET /api/v1/subscriptions/{id}/addons`` (a plain array of ``SubscriptionAddon``)."""
+        result: list[dict[str, Any]] = await self._get(
+            "list_subscription_addons",
+            f"/api/v1/subscriptions/{subscription_id}/addons",
+            list[dict[str, Any]],
+        )
+        return result
+
     async def create_subscription(self, body: Mapping[str, Any] | BaseModel) -> Subscription:
         result: Subscription = await self._send(
             Subscription, "create_subscription", "POST", "/api/v1/subscriptions", body=body

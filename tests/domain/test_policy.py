@@ -375,8 +375,9 @@ def test_explain_lists_every_rule_and_the_decision() -> None:
     assert lines[-1].startswith(
         "decision: downgrade, next_billing_cycle by rules[0] (leaving pro waits"
     )
-    assert lines[-2] == "plan record: billing_safe (defaults.plan_record)"
-    assert len(lines) == 7
+    assert lines[-3] == "plan record: billing_safe (defaults.plan_record)"
+    assert lines[-2].startswith("addons: refuse (")
+    assert len(lines) == 8
 
 
 def test_explain_defaults_guard_and_errors() -> None:
@@ -390,7 +391,8 @@ def test_explain_defaults_guard_and_errors() -> None:
     assert lines[4].startswith("guard downgrade_below_usage=defer: api_calls: used 1200")
     assert lines[4].endswith("-> next_billing_cycle")
     assert lines[5] == "plan record: billing_safe (defaults.plan_record)"
-    assert lines[6].startswith("decision: downgrade, next_billing_cycle by defaults.downgrade")
+    assert lines[6].startswith("addons: refuse")
+    assert lines[7].startswith("decision: downgrade, next_billing_cycle by defaults.downgrade")
     err = p.explain("pro", "enterprise")
     assert err[-1].startswith("decision: error: plan 'enterprise' not in the ladder")
     noop = p.explain("pro", "pro", from_version=1, to_version=1)
@@ -461,10 +463,10 @@ def test_plan_record_default_per_rule_and_errors() -> None:
     assert p.decide("free", "pro").plan_record is PlanRecordMode.BILLING_SAFE
     assert p.decide("pro", "pro").plan_record is PlanRecordMode.NEXT_BOUNDARY  # same plan
     assert (
-        p.explain("free", "pro")[-2]
+        p.explain("free", "pro")[-3]
         == "plan record: billing_safe (rules[0] (pro is billed safely))"
     )
-    assert p.explain("free", "starter")[-2] == "plan record: next_boundary (defaults.plan_record)"
+    assert p.explain("free", "starter")[-3] == "plan record: next_boundary (defaults.plan_record)"
     with pytest.raises(PolicyError) as e:
         Policy.from_yaml("ladder: [a]\ndefaults:\n  plan_record: billing_saf\n", source="p.yaml")
     assert str(e.value) == (
@@ -473,3 +475,24 @@ def test_plan_record_default_per_rule_and_errors() -> None:
     )
     with pytest.raises(PolicyError, match=r"rules\[0\]\.plan_record"):
         Policy.from_yaml("ladder: [a]\nrules:\n  - timing: immediate\n    plan_record: later\n")
+
+
+# --- addons ---------------------------------------------------------------------------------
+
+
+def test_addons_setting_parsed_validated_and_explained() -> None:
+    from reconciler.domain.addons import AddonMode
+
+    assert Policy.default().addons is AddonMode.REFUSE
+    assert Policy.from_yaml("ladder: [free, pro]\n").addons is AddonMode.REFUSE
+    p = Policy.from_yaml("ladder: [free, pro]\naddons: change_resets_usage\n")
+    assert p.addons is AddonMode.CHANGE_RESETS_USAGE
+    lines = p.explain("free", "pro")
+    assert lines[-2].startswith("addons: change_resets_usage (")
+    assert "usage restarts from 0" in lines[-2]
+    with pytest.raises(PolicyError) as err:
+        Policy.from_yaml("ladder: [free, pro]\naddons: detach\n")
+    assert err.value.line == 2 and "addons" in str(err.value)
+    with pytest.raises(PolicyError) as err:
+        Policy.from_yaml("ladder: [free, pro]\naddon: refuse\n")
+    assert "addons" in str(err.value)  # did-you-mean hint
