@@ -195,6 +195,15 @@ def _crash_after_first(kind: str) -> Callable[[Action], Awaitable[None]]:
     return hook
 
 
+async def _crash_at(rt: Runtime, kind: str) -> None:
+    """A pass of an engine killed right after its first ``kind`` mutation."""
+    crashing = Engine(
+        rt.client, rt.store, rt.policy, rt.clock, after_action=_crash_after_first(kind)
+    )
+    with pytest.raises(Crash):
+        await crashing.reconcile("acme")
+
+
 @pytest.mark.parametrize("where", ["after_edit", "in_window", "after_boundary_schedule"])
 async def test_crash_on_the_deferred_path_applies_each_mutation_once(
     emulator: EmulatorServer, control: httpx.AsyncClient, tmp_path: Path, where: str
@@ -205,28 +214,12 @@ async def test_crash_on_the_deferred_path_applies_each_mutation_once(
         await onboard(story, "free", START, used=7)
         await story.request("starter")
         if where == "after_edit":
-            crashing = Engine(
-                rt.client,
-                rt.store,
-                rt.policy,
-                rt.clock,
-                after_action=_crash_after_first("edit_items"),
-            )
-            with pytest.raises(Crash):
-                await crashing.reconcile("acme")
+            await _crash_at(rt, "edit_items")
         else:
             await rt.engine.reconcile("acme")
         if where == "after_boundary_schedule":
             await story.set_clock(B1 + timedelta(minutes=1))
-            crashing = Engine(
-                rt.client,
-                rt.store,
-                rt.policy,
-                rt.clock,
-                after_action=_crash_after_first("schedule_change"),
-            )
-            with pytest.raises(Crash):
-                await crashing.reconcile("acme")
+            await _crash_at(rt, "schedule_change")
 
     async with open_runtime(settings) as rt2:  # the process starts again
         story2 = Story(rt2, control)
