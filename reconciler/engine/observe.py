@@ -83,13 +83,18 @@ class Observer:
         """``identity`` (id, key) skips the customer lookup; ``known_values`` are used instead
         of reading the entitlement values again (the caller read them moments ago)."""
         pace = self.pacer.yield_point
-        if identity is None:
-            await pace()
-            cust = await self.client.get_customer(customer)
-            identity = (cust.id, cust.key)
-        cid, ckey = identity
         await pace()
-        subs = await self.client.list_customer_subscriptions(cid)
+        if identity is None:
+            # OpenMeter resolves a customer id or key in both paths the same way, so the
+            # listing need not wait for the customer's id: one round trip instead of two.
+            cust, subs = await asyncio.gather(
+                self.client.get_customer(customer),
+                self.client.list_customer_subscriptions(customer),
+            )
+            identity = (cust.id, cust.key)
+        else:
+            subs = await self.client.list_customer_subscriptions(identity[0])
+        cid, ckey = identity
         current, successor = pick(subs)
         await pace()
         cur_x, succ_x = await asyncio.gather(self._expanded(current), self._expanded(successor))

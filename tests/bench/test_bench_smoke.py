@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import calls, emulator_speed, intake, latency, sweep
+from benchmarks import calls, emulator_speed, intake, latency, sweep, upgrade
 
 
 @pytest.mark.slow
@@ -52,3 +52,20 @@ def test_emulator_speed_smoke() -> None:
     out = emulator_speed.run(600, 60)
     assert [g["requests"] for g in out["get_subscription"]] == [60, 60, 60]
     assert out["list_customers_page_500"]["requests"] == 1
+
+
+@pytest.mark.slow
+def test_upgrade_vs_bare_smoke() -> None:
+    """Benchmarks 6–8 at smoke size: both contenders upgrade every customer with exactly one
+    PATCH and one POST change; the bare script needs 2 round trips before its PATCH."""
+    out = upgrade.run([20], rounds=2, burst=6, dbs=["sqlite"], concurrency=4)
+    (row,) = out["runs"]
+    idle = row["idle"]
+    assert idle["rounds"] == 2
+    assert idle["round_trips_before_patch"]["bare"] == 2
+    assert idle["requests_before_patch"]["bare"] == 3
+    assert idle["round_trips_before_patch"]["reconciler"] >= 1
+    for side in ("reconciler", "bare"):
+        (r,) = row["burst"][side]
+        assert r["mutations"] == 12 and r["kinds"] == ["PATCH", "POST change"], r
+        assert r["cpu_s"] > 0

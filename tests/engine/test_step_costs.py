@@ -108,7 +108,10 @@ async def test_an_upgrade_is_four_store_writes_and_nine_reads(
     # OpenMeter refuses to edit a subscription with add-ons: read once, just before the edit
     assert got["/api/v1/subscriptions/{}/addons"] == 1
     assert got["/api/v1/subscriptions/{}"] == 3  # before the PATCH, after it, after the POST
-    assert got["/api/v1/customers/{}/subscriptions"] == 1  # one full observation
+    listings = [
+        p for p in got if p.startswith("/api/v1/customers/") and p.endswith("/subscriptions")
+    ]
+    assert sum(got[p] for p in listings) == 1, got  # one full observation
     # nothing was lost by writing less often: every call and the decision are on record
     audit = await rt.store.list_audit(customer="acme", limit=100)
     calls = [a for a in audit if a.kind is AuditKind.CALL]
@@ -209,3 +212,23 @@ async def test_no_pass_looks_while_a_timed_out_edit_may_still_run(
         await asyncio.sleep(0.5)  # the late PATCH lands
     rows = (await control.get("/_emulator/requests")).json()["requests"]
     assert [r["applied"] for r in rows if r["method"] == "PATCH"] == [True]  # sent once
+
+
+async def test_the_customer_and_its_subscriptions_are_read_concurrently(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """The listing goes out with the customer's lookup (by the same key), not after it: with the
+    customer's answer delayed, the listing is served first, and the upgrade still converges."""
+    await onboard(story, "free", START, used=3)
+    await story.request("starter")
+    (await control.delete("/_emulator/requests")).raise_for_status()
+    rule = {"method": "GET", "path": "/api/v1/customers/acme", "delaySeconds": 0.3, "count": 1}
+    (await control.post("/_emulator/faults", json=rule)).raise_for_status()
+
+    out = await story.reconcile()
+
+    assert out.status == "applied" and await story.value() == (3, 549_997)
+    log = (await control.get("/_emulator/requests")).json()["requests"]
+    paths = [r["path"] for r in log if r["method"] == "GET" and "/plans/" not in r["path"]]
+    assert paths[:2] == ["/api/v1/customers/acme/subscriptions", "/api/v1/customers/acme"]
+    assert [r["method"] for r in log if r["method"] != "GET"] == ["PATCH", "POST"]
