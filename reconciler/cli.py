@@ -675,12 +675,15 @@ def emulator(
     host: Annotated[str, typer.Option(help="listen address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="listen port")] = 8888,
     catalog: Annotated[Path | None, typer.Option(help="catalog file to load at start")] = None,
+    billing: Annotated[
+        bool, typer.Option(help="model OpenMeter's billing (invoices) with the default profile")
+    ] = False,
 ) -> None:
     """Run the OpenMeter emulator (for demos and tests; not for production)."""
     from reconciler.emulator.server import serve
 
     configure_logging("INFO", "console")
-    serve(host, port, str(catalog) if catalog else None)
+    serve(host, port, str(catalog) if catalog else None, billing)
 
 
 @app.command()
