@@ -12,6 +12,8 @@ invoices OpenMeter writes, with the plan record converging later and no usage lo
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,8 +22,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reconciler.demo import Story
+from reconciler.domain.periods import parse_duration, period_at
 from reconciler.engine.quote import Quoter
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import ChangeStatus
@@ -35,6 +40,7 @@ UPGRADE = datetime(2027, 4, 16, tzinfo=UTC)
 MAY = datetime(2027, 5, 1, tzinfo=UTC)
 JUNE = datetime(2027, 6, 1, tzinfo=UTC)
 DRAFT = {"autoAdvance": False}
+MONTH = parse_duration("P1M")
 ISSUED: dict[str, Any] = {}
 
 
@@ -183,3 +189,111 @@ async def test_without_billing_the_quote_and_event_say_no_invoices(
         events, _ = await rt.store.list_events()
         [applied] = [e for e in events if e.type == "plan_change.applied"]
         assert applied.payload["credit_due"]["invoices"] == "no invoices"
+
+
+# ---------------------------------------------------------------------------------------------
+# Property: the quote is the bill
+
+
+ANCHORS = [
+    datetime(2027, 1, 31, tzinfo=UTC),  # month end: Feb 28, then Mar 31
+    datetime(2027, 4, 1, tzinfo=UTC),
+    datetime(2027, 2, 28, 12, 30, tzinfo=UTC),
+    datetime(2027, 3, 15, 10, 0, tzinfo=UTC),
+]
+
+
+def _catalog(term: str) -> dict[str, Any]:
+    doc = copy.deepcopy(CATALOG)
+    for p in doc["plans"]:
+        for rc in p["phases"][0]["rateCards"]:
+            if rc["key"] == "base_fee":
+                rc["price"]["paymentTerm"] = term
+    return doc
+
+
+async def _quote_then_bill(
+    emulator: Any,
+    control: httpx.AsyncClient,
+    db: Path,
+    *,
+    anchor: datetime,
+    fraction: float,
+    term: str,
+    policy: Path,
+    profile: dict[str, Any],
+) -> tuple[Decimal, Decimal, bool]:
+    (await control.post("/_emulator/billing", json={"enabled": False})).raise_for_status()
+    # plans are published at the reset's time: reset before the earliest anchor
+    (
+        await control.post("/_emulator/clock", json={"now": "2026-12-01T00:00:00Z"})
+    ).raise_for_status()
+    (await control.post("/_emulator/reset", json={"catalog": _catalog(term)})).raise_for_status()
+    async with open_runtime(make_settings(emulator, db, policy_path=policy)) as rt:
+        story = Story(rt, control)
+        await story.set_clock(anchor)
+        (await control.post("/_emulator/billing", json=profile)).raise_for_status()
+        await story.onboard("starter", anchor)
+        first = period_at(anchor, MONTH, anchor)
+        p0, p1 = first.start, first.end
+        at = p0 + timedelta(minutes=int((p1 - p0).total_seconds() * fraction / 60))
+        await story.set_clock(at)
+        quote = await Quoter(rt.engine).quote(story.customer, plan_key="pro")
+        quoted = sum((Decimal(ln["amount"]) for ln in quote["with_change"]["lines"]), Decimal(0))
+        await story.change("pro")
+        await story.set_clock(p1 + timedelta(minutes=1))
+        await story.reconcile()
+        await story.set_clock(p1 + timedelta(hours=2))  # in-arrears lines collected
+        customer_id = (await rt.client.get_customer(story.customer)).id
+        invoices = await _invoices(rt, customer_id)
+        bill = Decimal(0)
+        for inv in invoices:
+            if inv["status"] == "gathering":
+                continue
+            for line in inv.get("lines", []):
+                if p0 <= datetime.fromisoformat(line["period"]["from"]) < p1:
+                    bill += Decimal(line["totals"]["total"])
+        # The record converges: at most two boundaries later, on the target plan.
+        for n in (1, 2):
+            boundary = period_at(anchor, MONTH, p1 + timedelta(days=n * 31 - 31)).end
+            await story.set_clock(boundary + timedelta(minutes=1))
+            await story.reconcile()
+        change = await rt.store.desired_for(story.customer)
+        converged = change is not None and change.status is ChangeStatus.CONVERGED
+        converged = converged and plan_key((await story.subs())[0]) == "pro"
+        return quoted, bill, converged
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    anchor=st.sampled_from(ANCHORS),
+    fraction=st.floats(min_value=0.03, max_value=0.97),
+    term=st.sampled_from(["in_advance", "in_arrears"]),
+    policy=st.sampled_from([POLICY, POLICY_NEXT_BOUNDARY]),
+    profile=st.sampled_from([DRAFT, ISSUED]),
+)
+def test_property_the_quote_is_what_openmeter_bills(
+    emulator: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    anchor: datetime,
+    fraction: float,
+    term: str,
+    policy: Path,
+    profile: dict[str, Any],
+) -> None:
+    async def run() -> tuple[Decimal, Decimal, bool]:
+        async with httpx.AsyncClient(base_url=emulator.url) as control:
+            return await _quote_then_bill(
+                emulator,
+                control,
+                tmp_path_factory.mktemp("p") / "r.db",
+                anchor=anchor,
+                fraction=fraction,
+                term=term,
+                policy=policy,
+                profile=profile,
+            )
+
+    quoted, bill, converged = asyncio.run(run())
+    assert quoted == bill
+    assert converged
