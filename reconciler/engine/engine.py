@@ -1041,6 +1041,8 @@ class Queries:
                 "converges_at": _iso(change.converges_at),
                 "last_error": change.last_error,
             }
+            if change.details.get("credit_due") is not None:
+                target_doc["credit_due"] = change.details["credit_due"]
             convergence = change.status.value
             try:
                 target = await e.catalog.get(change.plan_key, change.plan_version)

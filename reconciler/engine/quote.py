@@ -599,5 +599,14 @@ def render_quote(console: Console, doc: Mapping[str, Any]) -> None:
             )
         t.add_row("[bold]total[/bold]", "", "", "", f"[bold]{diff['total']} {cur}[/bold]")
         console.print(t)
+    due = doc.get("credit_due")
+    if due and due["invoices"] != "read":
+        console.print(f"invoices: {due['invoices']}")
+    for c in (due or {}).get("credits", []):
+        console.print(
+            f"[yellow]credit due:[/yellow] {c['amount']} {c['currency']} for {c['item']} "
+            f"{_short(c['period']['from'])} → {_short(c['period']['to'])}: invoiced "
+            f"{c['invoiced']} on an issued invoice, {c['due']} due after the change"
+        )
     for n in doc.get("notes", []):
         console.print(f"[yellow]note:[/yellow] {n}")

@@ -22,12 +22,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from rich.console import Console
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.demo import Story
 from reconciler.domain.periods import parse_duration, period_at
-from reconciler.engine.quote import Quoter
+from reconciler.engine.quote import Quoter, render_quote
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import ChangeStatus
 
@@ -137,6 +138,13 @@ async def test_upgrade_on_april_16_is_billed_as_quoted(
         events, _ = await rt.store.list_events()
         [applied] = [e for e in events if e.type == "plan_change.applied"]
         assert applied.payload["credit_due"] == due
+        status = await rt.queries.status(story.customer)
+        assert status["desired"]["credit_due"] == due
+        console = Console(record=True, width=240)
+        render_quote(console, quote)
+        text = console.export_text()
+        if credit is not None:
+            assert f"credit due: {credit} USD for base_fee" in text
 
         # OpenMeter's worker syncs; April's base fee is what the quote said.
         await story.set_clock(UPGRADE + timedelta(seconds=5))
