@@ -21,6 +21,7 @@ class InvoicesState(StrEnum):
     READ = "read"  # invoices were listed (maybe none for this subscription yet)
     NONE = "no invoices"  # OpenMeter lists no invoice for the customer: billing is not used
     UNAVAILABLE = "billing not available"  # the billing API answered 404/403 or failed
+    NOT_NEEDED = "not needed"  # no in-advance flat fee was shortened: nothing can be owed
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from reconciler.domain.actions import (
 from reconciler.domain.addons import AddonMode, addons_matter
 from reconciler.domain.addons import gate as addon_gate
 from reconciler.domain.drift import ObservedMark, items_summary, mark_of
+from reconciler.domain.invoices import Invoiced, InvoicesState
 from reconciler.domain.model import (
     META_CHANGE,
     META_PLAN,
@@ -46,6 +47,7 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.planner import ChangePolicy, PlanResult, State, plan
 from reconciler.domain.policy import PolicyError
+from reconciler.domain.pricing.credits import credit_possible
 from reconciler.domain.pricing.replay import observed_versions
 from reconciler.engine.audit import AuditWriter
 from reconciler.engine.catalog import Catalog, UnknownPlan
@@ -803,8 +805,11 @@ class Engine:
         sub = observed.current
         if sub is None:
             return None
+        versions = observed_versions(sub)
+        if not credit_possible(sub, versions):
+            return credit_due_view(sub, versions, Invoiced(InvoicesState.NOT_NEEDED))
         invoiced = await read_invoiced(self.client, observed.customer_id, [sub.id])
-        return credit_due_view(sub, observed_versions(sub), invoiced)
+        return credit_due_view(sub, versions, invoiced)
 
     def _event(
         self,

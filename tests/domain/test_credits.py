@@ -14,7 +14,7 @@ from reconciler.domain.model import (
     PlanRef,
     SubscriptionStatus,
 )
-from reconciler.domain.pricing.credits import credits_due
+from reconciler.domain.pricing.credits import credit_possible, credits_due
 from reconciler.domain.pricing.replay import observed_versions
 
 APR1 = datetime(2027, 4, 1, tzinfo=UTC)
@@ -102,3 +102,14 @@ def test_invoiced_for_by_id_or_by_name_and_period_start() -> None:
     assert not invoiced_for("old", "Fee", APR1, "new", "Fee", APR16, None)  # started later
     assert not invoiced_for("old", "Fee", APR16, "new", "Fee", APR1, APR16)  # ended before
     assert invoiced_for("old", "Fee", MAY1, "new", "Fee", APR1, None)  # a later period
+
+
+def test_credit_possible_only_when_an_in_advance_fee_version_ended_early() -> None:
+    ended = sub(
+        item("v1", "150", APR1, APR16, "in_advance"), item("v2", "300", APR16, None, "in_advance")
+    )
+    assert credit_possible(ended, observed_versions(ended))
+    running = sub(item("v1", "150", APR1, None, "in_advance"))
+    assert not credit_possible(running, observed_versions(running))
+    arrears = sub(item("v1", "150", APR1, APR16, "in_arrears"))
+    assert not credit_possible(arrears, observed_versions(arrears))

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from rich.console import Console
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from reconciler.demo import Story
 from reconciler.domain.periods import parse_duration, period_at
@@ -305,3 +305,25 @@ def test_property_the_quote_is_what_openmeter_bills(
     quoted, bill, converged = asyncio.run(run())
     assert quoted == bill
     assert converged
+
+
+async def test_an_upgrade_that_ends_no_in_advance_fee_does_not_read_invoices(
+    emulator: Any, billed: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with open_runtime(make_settings(emulator, tmp_path / "r.db", policy_path=POLICY)) as rt:
+        story = Story(rt, billed)
+        await story.set_clock(APRIL)
+        (await billed.post("/_emulator/billing", json=ISSUED)).raise_for_status()
+        await story.onboard("free", APRIL)  # no fee: nothing can have been overbilled
+        await story.set_clock(UPGRADE)
+        (await billed.delete("/_emulator/requests")).raise_for_status()
+        await story.change("starter")
+        events, _ = await rt.store.list_events()
+        [applied] = [e for e in events if e.type == "plan_change.applied"]
+        assert applied.payload["credit_due"] == {
+            "invoices": "not needed",
+            "credits": [],
+            "total": {},
+        }
+        rows = (await billed.get("/_emulator/requests")).json()["requests"]
+        assert not [r for r in rows if r["path"].startswith("/api/v1/billing")]

@@ -28,7 +28,7 @@ from reconciler.domain.pricing.proration import (
 )
 from reconciler.domain.pricing.quote import ItemVersion
 
-__all__ = ["CreditDue", "InvoicedLineLike", "credits_due"]
+__all__ = ["CreditDue", "InvoicedLineLike", "credit_possible", "credits_due"]
 
 
 class InvoicedLineLike(Protocol):
@@ -77,6 +77,18 @@ def _flat_in_advance(item: ItemVersion) -> Decimal | None:
         return Decimal(str(price.get("amount")))
     except (InvalidOperation, ValueError):
         return None
+
+
+def credit_possible(sub: ObservedSubscription, versions: Iterable[ItemVersion]) -> bool:
+    """Whether an in-advance flat fee version ends before the subscription does (an edit ended
+    it): only then can an issued invoice have billed more than is due, so the invoices need not
+    be read otherwise."""
+    return any(
+        _flat_in_advance(v) is not None
+        and v.active_to is not None
+        and (sub.active_to is None or v.active_to < sub.active_to)
+        for v in versions
+    )
 
 
 def credits_due(
