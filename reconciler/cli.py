@@ -170,6 +170,21 @@ def _entitlement_table(doc: dict[str, Any]) -> Table:
     return t
 
 
+def _print_credit(due: dict[str, Any] | None) -> None:
+    """``credit due: 75.00 USD`` per issued fee an edit shortened, or why nothing is known."""
+    if not due:
+        return
+    if due["invoices"] != "read":
+        out.print(f"credit due: unknown ({due['invoices']})")
+        return
+    for c in due["credits"]:
+        out.print(
+            f"[yellow]credit due:[/yellow] {c['amount']} {c['currency']} for {c['item']} "
+            f"{c['period']['from']} → {c['period']['to']} (invoiced {c['invoiced']}, "
+            f"due {c['due']}; invoice {c['invoice_id']})"
+        )
+
+
 def _print_change(doc: dict[str, Any]) -> None:
     out.print(
         f"[bold]{doc.get('customer')}[/bold]: {doc.get('from_plan') or 'no plan'} -> "
@@ -180,6 +195,7 @@ def _print_change(doc: dict[str, Any]) -> None:
     conv = doc.get("convergence")
     if conv:
         out.print(f"plan record: {conv['reason']}")
+    _print_credit(doc.get("credit_due"))
     if doc.get("refusal"):
         out.print(f"[red]refused:[/red] {doc['refusal']}")
     applied = {(a["method"], a["path"]): a for a in doc.get("applied", [])}
@@ -332,6 +348,8 @@ async def _change(
                 # What the engine decided when it acted (the preview may predate the edit).
                 doc["convergence"] = change.details["convergence"]
                 doc["converges_at"] = change.details["convergence"]["converges_at"]
+            if change is not None and change.details.get("credit_due") is not None:
+                doc["credit_due"] = change.details["credit_due"]
             # What OpenMeter shows now, not what the preview expected.
             fresh = (await rt.queries.status(customer, audit_limit=0))["entitlements"]
             for f, v in fresh.items():
@@ -387,6 +405,7 @@ def status(
         conv = desired.get("convergence")
         if conv:
             out.print(f"plan record: {conv['reason']}")
+        _print_credit(desired.get("credit_due"))
     t = Table(title="Entitlements")
     for col in ("feature", "usage", "balance", "total"):
         t.add_column(col)
@@ -675,12 +694,15 @@ def emulator(
     host: Annotated[str, typer.Option(help="listen address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="listen port")] = 8888,
     catalog: Annotated[Path | None, typer.Option(help="catalog file to load at start")] = None,
+    billing: Annotated[
+        bool, typer.Option(help="model OpenMeter's billing (invoices) with the default profile")
+    ] = False,
 ) -> None:
     """Run the OpenMeter emulator (for demos and tests; not for production)."""
     from reconciler.emulator.server import serve
 
     configure_logging("INFO", "console")
-    serve(host, port, str(catalog) if catalog else None)
+    serve(host, port, str(catalog) if catalog else None, billing)
 
 
 @app.command()

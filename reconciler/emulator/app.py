@@ -26,6 +26,7 @@ import yaml
 from reconciler.emulator import errors as E
 from reconciler.emulator import views
 from reconciler.emulator.addons import Addons, addon_view, plan_addon_view, sub_addon_view
+from reconciler.emulator.billing import Billing, Profile, check_ulid, invoice_view
 from reconciler.emulator.catalog import load_catalog, parse_catalog_text
 from reconciler.emulator.clock import Clock
 from reconciler.emulator.state import Customer, State, num
@@ -131,6 +132,12 @@ def _int_param(req: Request, name: str, default: int, lo: int, hi: int | None) -
     return value
 
 
+INVOICE_STATUSES = (
+    "gathering", "draft", "issuing", "issued", "payment_processing", "overdue", "paid",
+    "uncollectible", "voided",
+)  # fmt: skip
+
+
 def _paging(req: Request) -> tuple[int, int]:
     return _int_param(req, "page", 1, 1, None), _int_param(req, "pageSize", 100, 1, 1000)
 
@@ -140,8 +147,15 @@ def _slice(items: list[Any], page: int, size: int) -> list[Any]:
 
 
 class Emulator:
-    def __init__(self, clock: Clock | None = None, catalog: Json | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        catalog: Json | None = None,
+        billing: Profile | None = None,
+    ) -> None:
         self.clock = clock or Clock()
+        # the billing profile survives ``/_emulator/reset`` (a deployment setting, not data)
+        self.billing_profile = billing
         self.state = State(self.clock)
         self.catalog = catalog
         self.seq = itertools.count(1)
@@ -153,6 +167,8 @@ class Emulator:
         self.state.edit_guards.append(lambda sub: Addons.of(self.state).forbid_edit(sub))
         if catalog is not None:
             load_catalog(self.state, catalog)
+        if billing is not None:
+            Billing.enable(self.state, billing)
 
     # ------------------------------------------------------------------ routing
 
@@ -171,7 +187,16 @@ class Emulator:
                 continue
             req.params = m.groupdict()
             with self.state.lock:
-                return handler(req)
+                book = Billing.of(self.state) if req.path.startswith("/api/") else None
+                if book is None:
+                    return handler(req)
+                # OpenMeter's billing worker runs beside the API: first what it would have done
+                # by now, then the sync that a change to a subscription triggers
+                book.catch_up()
+                out = handler(req)
+                if req.method != "GET" and out[0] < 400:
+                    book.after_mutation()
+                return out
         if allowed:
             raise E.ApiError(405, "method not allowed")
         raise E.ApiError(404, "not found error: route not found")
@@ -233,6 +258,8 @@ class Emulator:
         r("POST", "/api/v1/subscriptions/{s}/unschedule-cancelation", self.unschedule)
         r("POST", "/api/v1/subscriptions/{s}/restore", self.restore)
         r("POST", "/api/v1/subscriptions/{s}/migrate", self.migrate)
+        r("GET", "/api/v1/billing/invoices", self.list_invoices)
+        r("GET", "/api/v1/billing/invoices/{i}", self.get_invoice)
         # control API
         r("GET", "/_emulator/clock", self.get_clock)
         r("POST", "/_emulator/clock", self.set_clock)
@@ -246,6 +273,8 @@ class Emulator:
         r("POST", "/_emulator/faults", self.add_fault)
         r("DELETE", "/_emulator/faults", self.clear_faults)
         r("GET", "/_emulator/health", lambda req: (200, {"status": "ok"}))
+        r("GET", "/_emulator/billing", self.get_billing)
+        r("POST", "/_emulator/billing", self.set_billing)
 
     # ------------------------------------------------------------------ customers
 
@@ -873,6 +902,8 @@ class Emulator:
     def reset(self, req: Request) -> tuple[int, Any]:
         body = req.json(required=False) or {}
         self.state.reset()
+        if self.billing_profile is not None:
+            Billing.enable(self.state, self.billing_profile)
         self.log.clear()
         self.faults.clear()
         if body.get("catalog") is not None:
@@ -884,6 +915,86 @@ class Emulator:
             "status": "reset",
             "catalogLoaded": self.catalog is not None and body.get("reloadCatalog", True),
         }
+
+    # ------------------------------------------------------------------ billing
+
+    def list_invoices(self, req: Request) -> tuple[int, Any]:
+        """``billing/httpdriver/invoice.go`` ``ListInvoices`` (gathering invoices included, their
+        totals calculated on the fly); no billing ⇒ no invoices."""
+        page, size = _paging(req)
+        customers = req.qs("customers")
+        for cid in customers:
+            check_ulid(cid, "customers")
+        statuses = req.qs("statuses")
+        for st in statuses:
+            if st not in INVOICE_STATUSES:
+                raise E.bad_request(
+                    f'parameter "statuses" in query has an error: value is not one of the '
+                    f"allowed values: {st}"
+                )
+        expand = req.qs("expand")
+        for ex in expand:
+            if ex not in ("lines", "preceding", "workflow.apps"):
+                raise E.bad_request(
+                    f'parameter "expand" in query has an error: value is not one of the '
+                    f"allowed values: {ex}"
+                )
+        extended = req.qs("extendedStatuses")
+        include_deleted = (req.q("includeDeleted") or "false") == "true"
+        book = Billing.of(self.state)
+        if book is None:
+            return 200, {"totalCount": 0, "page": page, "pageSize": size, "items": []}
+        out = [
+            inv
+            for inv in book.invoices.values()
+            if (not customers or inv.customer_id in customers)
+            and (not statuses or inv.short_status in statuses)
+            and (not extended or inv.status in extended)
+            and (include_deleted or inv.deleted_at is None)
+        ]
+        order_by = req.q("orderBy") or "createdAt"
+        keys: dict[str, Callable[[Any], Any]] = {
+            "createdAt": lambda i: i.created_at,
+            "updatedAt": lambda i: i.updated_at,
+            "issuedAt": lambda i: i.issued_at or i.created_at,
+            "status": lambda i: i.status,
+            "periodStart": lambda i: i.created_at,
+            "customer.name": lambda i: self.state.customers[i.customer_id].name,
+        }
+        if order_by not in keys:
+            raise E.bad_request(
+                f'parameter "orderBy" in query has an error: value is not one of the allowed '
+                f"values: {order_by}"
+            )
+        out.sort(key=lambda i: (keys[order_by](i), i.id), reverse=req.q("order") == "DESC")
+        items = [
+            invoice_view(book, inv, lines="lines" in expand) for inv in _slice(out, page, size)
+        ]
+        return 200, {"totalCount": len(out), "page": page, "pageSize": size, "items": items}
+
+    def get_invoice(self, req: Request) -> tuple[int, Any]:
+        book = Billing.of(self.state)
+        inv = None if book is None else book.invoices.get(req.params["i"])
+        if book is None or inv is None:
+            raise E.not_found(f"invoice not found: {req.params['i']}")
+        expand = req.qs("expand")
+        deleted = (req.q("includeDeletedLines") or "false") == "true"
+        return 200, invoice_view(book, inv, lines="lines" in expand, deleted_lines=deleted)
+
+    def get_billing(self, req: Request) -> tuple[int, Any]:
+        book = Billing.of(self.state)
+        return 200, {"enabled": False} if book is None else book.profile.view()
+
+    def set_billing(self, req: Request) -> tuple[int, Any]:
+        """Switch billing on (with the default profile unless told otherwise) or off."""
+        body = req.json(required=False) or {}
+        if body.get("enabled", True) is False:
+            self.billing_profile = None
+            self.state.extensions.pop("billing", None)
+            return 200, {"enabled": False}
+        profile = Profile.parse({k: v for k, v in body.items() if k != "enabled"})
+        self.billing_profile = profile
+        return 200, Billing.enable(self.state, profile).profile.view()
 
     def load_catalog(self, req: Request) -> tuple[int, Any]:
         try:
@@ -1114,10 +1225,13 @@ class EmulatorASGI:
         return entry
 
 
-def create_app(*, catalog: Json | str | None = None, clock: Clock | None = None) -> EmulatorASGI:
-    """Build the emulator ASGI app. ``catalog`` is a catalog document (dict) or YAML/JSON text."""
+def create_app(
+    *, catalog: Json | str | None = None, clock: Clock | None = None, billing: bool = False
+) -> EmulatorASGI:
+    """Build the emulator ASGI app. ``catalog`` is a catalog document (dict) or YAML/JSON text;
+    ``billing`` switches OpenMeter's billing on with the default profile (``billing.py``)."""
     doc = parse_catalog_text(catalog) if isinstance(catalog, str) else catalog
-    return EmulatorASGI(Emulator(clock=clock, catalog=doc))
+    return EmulatorASGI(Emulator(clock=clock, catalog=doc, billing=Profile() if billing else None))
 
 
 __all__ = ["ConnectionDropped", "Emulator", "EmulatorASGI", "create_app", "json_path"]

@@ -42,10 +42,11 @@ class EmulatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Clock | None = None,
+        billing: bool = False,
     ) -> None:
         self.host = host
         self.port = port or _free_port(host)
-        self.app: EmulatorASGI = create_app(catalog=_catalog(catalog), clock=clock)
+        self.app: EmulatorASGI = create_app(catalog=_catalog(catalog), clock=clock, billing=billing)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -110,9 +111,12 @@ class EmulatorServer:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8888, catalog_path: str | Path | None = None
+    host: str = "127.0.0.1",
+    port: int = 8888,
+    catalog_path: str | Path | None = None,
+    billing: bool = False,
 ) -> None:
-    """Blocking entry point for ``reconciler emulator --catalog FILE --port 8888``."""
+    """Blocking entry point for ``reconciler emulator --catalog FILE --port 8888 [--billing]``."""
     doc = parse_catalog_text(Path(catalog_path).read_text()) if catalog_path else None
-    app = create_app(catalog=doc)
+    app = create_app(catalog=doc, billing=billing)
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="off")

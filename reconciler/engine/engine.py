@@ -46,9 +46,11 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.planner import ChangePolicy, PlanResult, State, plan
 from reconciler.domain.policy import PolicyError
+from reconciler.domain.pricing.replay import observed_versions
 from reconciler.engine.audit import AuditWriter
 from reconciler.engine.catalog import Catalog, UnknownPlan
 from reconciler.engine.clock import Clock
+from reconciler.engine.invoices import credit_due_view, read_invoiced
 from reconciler.engine.observe import Observer
 from reconciler.engine.pacing import Pacer
 from reconciler.engine.preview import (
@@ -768,9 +770,11 @@ class Engine:
             status = ChangeStatus.PENDING
             next_check = now + _backoff(change.attempts + 1)
         details = dict(change.details)
+        if status is ChangeStatus.APPLIED and status is not change.status:
+            details["credit_due"] = await self._credit_due(observed)
         if status is not change.status and status is not ChangeStatus.PENDING:
             n = _next_transition(details)
-            events.append(self._event(change, status, result, n))
+            events.append(self._event(change, status, result, n, details=details))
         updated = self._stage(
             change,
             status=status,
@@ -794,9 +798,24 @@ class Engine:
         )
         return outcome
 
+    async def _credit_due(self, observed: Observed) -> dict[str, Any] | None:
+        """What the customer is owed for in-advance fees already invoiced (issue 13)."""
+        sub = observed.current
+        if sub is None:
+            return None
+        invoiced = await read_invoiced(self.client, observed.customer_id, [sub.id])
+        return credit_due_view(sub, observed_versions(sub), invoiced)
+
     def _event(
-        self, change: ChangeRecord, status: ChangeStatus, result: PlanResult, n: int
+        self,
+        change: ChangeRecord,
+        status: ChangeStatus,
+        result: PlanResult,
+        n: int,
+        *,
+        details: Mapping[str, Any] | None = None,
     ) -> NewEvent:
+        details = change.details if details is None else details
         kind = f"plan_change.{status.value}"
         payload: dict[str, Any] = {
             "change_id": change.id,
@@ -808,12 +827,13 @@ class Engine:
             "effective_at": _iso(change.effective_at or result.effective_at),
             "converges_at": _iso(result.converges_at),
         }
-        if change.details.get("convergence") is not None:
-            payload["convergence"] = change.details["convergence"]
+        if details.get("convergence") is not None:
+            payload["convergence"] = details["convergence"]
         if status is ChangeStatus.APPLIED:
+            payload["credit_due"] = details.get("credit_due")
             payload["entitlements"] = {
-                "before": change.details.get("entitlements_before"),
-                "after": change.details.get("entitlements_after"),
+                "before": details.get("entitlements_before"),
+                "after": details.get("entitlements_after"),
             }
         return NewEvent(type=kind, payload=payload, id=_event_id(change.id, n, kind))
 
@@ -1021,6 +1041,8 @@ class Queries:
                 "converges_at": _iso(change.converges_at),
                 "last_error": change.last_error,
             }
+            if change.details.get("credit_due") is not None:
+                target_doc["credit_due"] = change.details["credit_due"]
             convergence = change.status.value
             try:
                 target = await e.catalog.get(change.plan_key, change.plan_version)

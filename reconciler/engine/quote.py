@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reconciler.domain.actions import EditItems, ScheduleChange, Unschedule
+from reconciler.domain.invoices import Invoiced, InvoicesState, invoiced_for
 from reconciler.domain.model import (
     Desired,
     Observed,
@@ -55,6 +56,7 @@ from reconciler.domain.pricing import (
 )
 from reconciler.domain.pricing.replay import observed_versions, replay_edit
 from reconciler.domain.timefmt import iso_z
+from reconciler.engine.invoices import credit_due_view, read_invoiced
 from reconciler.engine.preview import change_summary
 from reconciler.openmeter.client import OpenMeterClient
 
@@ -268,6 +270,7 @@ class Charges:
     with_change: Quote | None
     difference: QuoteDifference | None
     notes: tuple[str, ...]
+    versions_after: tuple[ItemVersion, ...] = ()  # the item versions once the change is made
 
 
 class Quoter:
@@ -295,8 +298,13 @@ class Quoter:
         if target is not None:
             desired = Desired("quote", target.key, target.version, when)
             result = plan(observed, desired, target, e.policy, when)
-        charges = await self.charges(observed, result, target, when, now=now)
         sub = observed.current
+        invoiced = (
+            await read_invoiced(e.client, observed.customer_id, [sub.id])
+            if sub is not None
+            else Invoiced(InvoicesState.NONE)
+        )
+        charges = await self.charges(observed, result, target, when, now=now, invoiced=invoiced)
         assert sub is not None  # charges() raises without one
         doc: dict[str, Any] = {
             "customer": observed.customer_key or observed.customer_id,
@@ -308,6 +316,8 @@ class Quoter:
             "change": _change_json(result, target) if target is not None else None,
         }
         doc.update(charges_document(charges))
+        doc["invoices"] = invoiced.state.value
+        doc["credit_due"] = credit_due_view(sub, charges.versions_after, invoiced)
         return doc
 
     async def charges(
@@ -318,6 +328,7 @@ class Quoter:
         at: datetime,
         *,
         now: datetime | None = None,
+        invoiced: Invoiced | None = None,
     ) -> Charges:
         """Quote the current period, and if ``result`` is given, the period after its actions.
 
@@ -347,12 +358,14 @@ class Quoter:
         full = period_at(sub.billing_anchor, parse_duration(sub.billing_cadence), period[0])
         usage = _Usage(self.engine.client, observed.customer_id)
         pro_rating = ProRatingConfig(enabled=sub.pro_rating_enabled)
+        observed_now = with_invoiced(observed_versions(sub, period), invoiced, period)
+        versions_after: list[ItemVersion] = list(observed_now)
         try:
             current = await self._quote(
                 sub,
                 period,
                 (full.start, full.end),
-                observed_versions(sub, period),
+                observed_now,
                 sub.active_to,
                 pro_rating,
                 usage,
@@ -361,9 +374,10 @@ class Quoter:
             with_change: Quote | None = None
             difference: QuoteDifference | None = None
             if result is not None:
-                after = _after_change(sub, period, result, at, notes)
+                after = _after_change(sub, period, observed_now, result, at, notes)
                 if after is not None:
                     versions, sub_end = after
+                    versions_after = versions
                     with_change = await self._quote(
                         sub,
                         period,
@@ -379,7 +393,7 @@ class Quoter:
             raise QuoteError(f"cannot price subscription {sub.id}: {exc}") from exc
         if any(_needs_usage(i) for i in observed_versions(sub, period)):
             notes.append(f"usage is metered up to now ({iso_z(now)}); future usage is not forecast")
-        if any(
+        if (invoiced is None or invoiced.state is not InvoicesState.READ) and any(
             ln.payment_term == "in_advance" and ln.proration is not None
             for q in (current, with_change)
             if q is not None
@@ -409,6 +423,7 @@ class Quoter:
             with_change=with_change,
             difference=difference,
             notes=tuple(dict.fromkeys(notes)),
+            versions_after=tuple(versions_after),
         )
 
     async def _quote(
@@ -433,9 +448,39 @@ class Quoter:
         return build_quote(await _with_quantities(request, usage))
 
 
+def with_invoiced(
+    versions: Sequence[ItemVersion], invoiced: Invoiced | None, period: Window
+) -> list[ItemVersion]:
+    """``versions`` with ``invoiced_amount`` set where OpenMeter already issued the version's
+    in-advance fee for a service period starting in ``period`` (an issued invoice cannot change,
+    so that is what the customer pays for it)."""
+    if invoiced is None or invoiced.state is not InvoicesState.READ:
+        return list(versions)
+    issued = [
+        ln
+        for ln in invoiced.lines
+        if ln.immutable
+        and ln.price_type == "flat"
+        and (ln.payment_term or "in_advance") == "in_advance"
+        and period[0] <= ln.period[0] < period[1]
+    ]
+    out: list[ItemVersion] = []
+    for v in versions:
+        amounts = [
+            ln.amount
+            for ln in issued
+            if invoiced_for(
+                ln.item_id, ln.name, ln.period[0], v.item_id, v.name, v.active_from, v.active_to
+            )
+        ]
+        out.append(replace(v, invoiced_amount=sum(amounts, Decimal(0))) if amounts else v)
+    return out
+
+
 def _after_change(
     sub: ObservedSubscription,
     period: Window,
+    observed_now: Sequence[ItemVersion],
     result: PlanResult,
     at: datetime,
     notes: list[str],
@@ -444,7 +489,7 @@ def _after_change(
     if result.state is State.REFUSED:
         notes.append(f"the change is refused: {result.refusal or result.reason}")
         return None
-    versions = observed_versions(sub, period)
+    versions = list(observed_now)
     sub_end = sub.active_to
     for action in result.actions:
         if isinstance(action, Unschedule):
@@ -554,5 +599,14 @@ def render_quote(console: Console, doc: Mapping[str, Any]) -> None:
             )
         t.add_row("[bold]total[/bold]", "", "", "", f"[bold]{diff['total']} {cur}[/bold]")
         console.print(t)
+    due = doc.get("credit_due")
+    if due and due["invoices"] != "read":
+        console.print(f"invoices: {due['invoices']}")
+    for c in (due or {}).get("credits", []):
+        console.print(
+            f"[yellow]credit due:[/yellow] {c['amount']} {c['currency']} for {c['item']} "
+            f"{_short(c['period']['from'])} → {_short(c['period']['to'])}: invoiced "
+            f"{c['invoiced']} on an issued invoice, {c['due']} due after the change"
+        )
     for n in doc.get("notes", []):
         console.print(f"[yellow]note:[/yellow] {n}")

@@ -67,6 +67,7 @@ from reconciler.openmeter.models import (
     EntitlementV2,
     EntitlementValueModel,
     Feature,
+    InvoiceModel,
     Meter,
     MeterQueryResult,
     Page,
@@ -846,6 +847,19 @@ class OpenMeterClient:
             content_type=CLOUDEVENTS_BATCH,
             retry=retry,
         )
+
+    # ----------------------------------------------------------------------------------------
+    # Billing (read only)
+
+    async def list_invoices(
+        self, customer_id: str, *, statuses: Sequence[str] | None = None
+    ) -> list[InvoiceModel]:
+        """The customer's invoices with their lines (``listInvoices``, ``expand=lines``), the
+        gathering invoice included; every page."""
+        params: dict[str, Any] = {"customers": [customer_id], "expand": ["lines"]}
+        if statuses:
+            params["statuses"] = list(statuses)
+        return await self._all("list_invoices", "/api/v1/billing/invoices", InvoiceModel, params)
 
     async def list_features(self) -> list[Feature]:
         """All features (OpenMeter answers a plain array when no page parameters are sent)."""

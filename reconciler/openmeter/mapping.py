@@ -19,8 +19,10 @@ template:
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
+from reconciler.domain.invoices import InvoicedLine
 from reconciler.domain.model import (
     EntitlementTemplate,
     EntitlementValue,
@@ -41,6 +43,7 @@ from reconciler.openmeter.models import (
     EntitlementMetered,
     EntitlementStatic,
     EntitlementValueModel,
+    InvoiceModel,
     MeteredEntitlementTemplate,
     OtherEntitlementTemplate,
     PlanModel,
@@ -281,3 +284,56 @@ def to_entitlement_value(value: EntitlementValueModel) -> EntitlementValue:
         overage=value.overage,
         total_available_grant_amount=value.total_available_grant_amount,
     )
+
+
+def to_invoiced_lines(
+    invoices: list[InvoiceModel], subscription_ids: set[str]
+) -> list[InvoicedLine]:
+    """The live subscription-managed lines of ``invoices`` that belong to ``subscription_ids``.
+
+    beta.227 writes the line's ``subscription`` reference with two ids swapped
+    (``billing/httpdriver/invoiceline.go`` ``mapSubscriptionReferencesToAPI``: ``item.id`` holds
+    the subscription id and ``subscription.id`` the item id); the subscription is recognised by
+    its id on either side, so a fixed OpenMeter reads the same.
+    """
+    out: list[InvoicedLine] = []
+    for inv in invoices:
+        if inv.deleted_at is not None:
+            continue
+        for line in inv.lines:
+            ref = line.subscription
+            if line.deleted_at is not None or ref is None:
+                continue
+            if ref.item.id in subscription_ids:
+                sub_id, item_id = ref.item.id, ref.subscription.id
+            elif ref.subscription.id in subscription_ids:
+                sub_id, item_id = ref.subscription.id, ref.item.id
+            else:
+                continue
+            price = line.price or {}
+            if line.totals is not None:
+                amount = line.totals.total
+            else:  # a gathering line may come without totals; a flat fee's price is its amount
+                amount = (
+                    Decimal(str(price.get("amount", "0")))
+                    if price.get("type") == "flat"
+                    else Decimal(0)
+                )
+            out.append(
+                InvoicedLine(
+                    invoice_id=inv.id,
+                    invoice_number=inv.number,
+                    invoice_status=inv.status,
+                    immutable=inv.status_details.immutable,
+                    line_id=line.id,
+                    item_id=item_id,
+                    subscription_id=sub_id,
+                    name=line.name,
+                    period=(line.period.from_, line.period.to),
+                    currency=line.currency,
+                    amount=amount,
+                    price_type=price.get("type"),
+                    payment_term=price.get("paymentTerm"),
+                )
+            )
+    return out

@@ -573,3 +573,54 @@ class CloudEvent(WireModel):
     specversion: str = "1.0"
     time: AwareDatetime | None = None
     data: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Billing (read side: ``listInvoices`` with ``expand=lines``)
+
+
+class IdRef(WireModel):
+    id: str
+
+
+class InvoiceTotals(WireModel):
+    amount: Decimal = Decimal(0)
+    total: Decimal = Decimal(0)
+
+
+class InvoiceLineSubscriptionRef(WireModel):
+    subscription: IdRef
+    phase: IdRef
+    item: IdRef
+    billing_period: Period | None = None
+
+
+class InvoiceLineModel(WireModel):
+    id: str
+    name: str
+    currency: str
+    period: Period
+    invoice_at: AwareDatetime
+    managed_by: str | None = None
+    status: str | None = None
+    deleted_at: AwareDatetime | None = None
+    price: dict[str, Any] | None = None
+    totals: InvoiceTotals | None = None
+    subscription: InvoiceLineSubscriptionRef | None = None
+
+
+class InvoiceStatusDetails(WireModel):
+    immutable: bool
+    failed: bool = False
+    extended_status: str = ""
+
+
+class InvoiceModel(WireModel):
+    id: str
+    number: str = ""
+    currency: str
+    status: str
+    status_details: InvoiceStatusDetails
+    issued_at: AwareDatetime | None = None
+    deleted_at: AwareDatetime | None = None
+    lines: list[InvoiceLineModel] = Field(default_factory=list)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from reconciler.domain.invoices import invoiced_for
 from reconciler.domain.model import (
     ObservedItem,
     ObservedPhase,
@@ -30,6 +31,7 @@ class Line:
     period: tuple[datetime, datetime]
     currency: str
     amount: Decimal
+    name: str = "Base"
 
 
 def item(iid: str, amount: str, start: datetime, end: datetime | None, term: str) -> ObservedItem:
@@ -78,3 +80,25 @@ def test_nothing_is_owed_on_drafts_in_arrears_fees_or_unshortened_versions() -> 
     assert owed(sub(item("v1", "150", APR1, APR16, "in_advance")), draft) == []
     assert owed(sub(item("v1", "150", APR1, APR16, "in_arrears")), issued) == []
     assert owed(sub(item("v1", "150", APR1, None, "in_advance")), issued) == []
+
+
+def test_a_version_recreated_by_the_edit_is_matched_by_name_and_period() -> None:
+    """OpenMeter gives the version an edit ended a new id (its cadence changed); the issued line
+    keeps the old one, and is matched by the rate card's name and where its period starts."""
+    s = sub(
+        item("v1-new", "150", APR1, APR16, "in_advance"),
+        item("v2", "300", APR16, None, "in_advance"),
+    )
+    issued = Line("inv1", True, "l1", "v1-old", (APR1, MAY1), "USD", Decimal(150))
+    [c] = credits_due(s, observed_versions(s), [issued])
+    assert (c.item, c.amount, c.line_id) == ("base_fee", Decimal("75.00"), "l1")
+    other = Line("inv1", True, "l1", "v1-old", (APR1, MAY1), "USD", Decimal(150), name="Seats")
+    assert credits_due(s, observed_versions(s), [other]) == []
+
+
+def test_invoiced_for_by_id_or_by_name_and_period_start() -> None:
+    assert invoiced_for("a", "Fee", APR1, "a", "Other", APR16, None)  # same id wins
+    assert invoiced_for("old", "Fee", APR1, "new", "Fee", APR1, APR16)
+    assert not invoiced_for("old", "Fee", APR1, "new", "Fee", APR16, None)  # started later
+    assert not invoiced_for("old", "Fee", APR16, "new", "Fee", APR1, APR16)  # ended before
+    assert invoiced_for("old", "Fee", MAY1, "new", "Fee", APR1, None)  # a later period

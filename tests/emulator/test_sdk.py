@@ -105,3 +105,23 @@ def test_drop_after_apply_over_a_real_connection(server: EmulatorServer) -> None
     assert [(r["path"], r["applied"], r["dropped"]) for r in log["requests"]] == [
         ("/api/v1/customers", True, True)
     ]
+
+
+def test_sdk_reads_the_invoices_billing_writes() -> None:
+    """``client.invoices.list`` (the SDK's own models) parses the emulator's invoices."""
+    with EmulatorServer(catalog=CATALOG, clock=Clock(T0), billing=True) as em:
+        client = Client(endpoint=em.url)
+        cust = client.customers.create(
+            {"name": "Acme Corp", "key": "acme", "usageAttribution": {"subjectKeys": ["acme"]}}
+        )
+        client.subscriptions.create({"customerKey": "acme", "plan": {"key": "starter"}})
+        httpx.post(
+            f"{em.url}/_emulator/clock", json={"now": (T0 + timedelta(seconds=2)).isoformat()}
+        ).raise_for_status()
+        page = client.invoices.list(customers=[cust.id], expand=["lines"])
+        by_status = {inv.status: inv for inv in page["items"]}
+        assert set(by_status) == {"paid", "gathering"}
+        paid = by_status["paid"]
+        assert paid.number == "OM-SANDBOX-ACCO-1" and paid.status_details.immutable
+        [line] = paid.lines
+        assert (line.name, line.totals.total, line.type) == ("Platform fee", "29", "usage_based")

@@ -45,7 +45,9 @@ def make_settings(em: EmulatorServer, db: Path, **extra: object) -> Settings:
 async def control(emulator: EmulatorServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=emulator.url) as c:
         (await c.post("/_emulator/clock", json={"now": START.isoformat()})).raise_for_status()
-        # Reset with the demo catalog explicitly (a test may have loaded another one).
+        # Reset with the demo catalog explicitly (a test may have loaded another one), and
+        # billing off (a test may have switched it on; the profile survives a reset).
+        (await c.post("/_emulator/billing", json={"enabled": False})).raise_for_status()
         (await c.post("/_emulator/reset", json={"catalog": DEMO})).raise_for_status()
         yield c
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
+from reconciler.domain.invoices import invoiced_for
 from reconciler.domain.model import ObservedSubscription
 from reconciler.domain.periods import parse_duration, period_at
 from reconciler.domain.pricing.proration import (
@@ -41,6 +42,8 @@ class InvoicedLineLike(Protocol):
     def line_id(self) -> str: ...
     @property
     def item_id(self) -> str | None: ...
+    @property
+    def name(self) -> str: ...
     @property
     def period(self) -> tuple[datetime, datetime]: ...
     @property
@@ -84,18 +87,19 @@ def credits_due(
     """Credits owed on ``sub``'s issued in-advance flat-fee lines whose item version (in
     ``versions``: as observed, or as an edit would leave them) ends before the line's service
     period does."""
-    by_item: dict[str, list[InvoicedLineLike]] = {}
-    for line in lines:
-        if line.immutable and line.item_id:
-            by_item.setdefault(line.item_id, []).append(line)
+    issued = [line for line in lines if line.immutable]
     config = ProRatingConfig(enabled=sub.pro_rating_enabled)
     out: list[CreditDue] = []
     for item in versions:
         amount = _flat_in_advance(item)
         if amount is None or item.active_to is None or item.billing_cadence is None:
             continue
-        for line in by_item.get(item.item_id or "", ()):
+        for line in issued:
             start, end = line.period
+            if not invoiced_for(
+                line.item_id, line.name, start, item.item_id, item.name, item.active_from, None
+            ):
+                continue
             if not start < item.active_to < end:
                 continue
             full = period_at(sub.billing_anchor, parse_duration(item.billing_cadence), start)
