@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from rich.console import Console
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from reconciler.demo import Story
 from reconciler.domain.periods import parse_duration, period_at
