@@ -36,7 +36,7 @@ def policy_path() -> Path:
 def count_transactions(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Count the store's transactions by kind (read/write) from now on."""
     seen: Counter[str] = Counter()
-    real = rt.store._tx
+    real = rt.store.db.tx
 
     async def tx(
         fn: Callable[[Any], Awaitable[Any]], *, write: bool, idempotent: bool = False
@@ -44,7 +44,7 @@ def count_transactions(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Counter[
         seen["write" if write else "read"] += 1
         return await real(fn, write=write, idempotent=idempotent)
 
-    monkeypatch.setattr(rt.store, "_tx", tx)
+    monkeypatch.setattr(rt.store.db, "tx", tx)
     return seen
 
 

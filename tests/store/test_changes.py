@@ -33,7 +33,7 @@ async def _count(store: Store, table: sa.Table) -> int:
     async def op(conn: Any) -> int:
         return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
 
-    return await store._tx(op, write=False)
+    return await store.db.tx(op, write=False)
 
 
 async def test_submit_creates_desired_and_schedules(store: Store) -> None:

@@ -180,7 +180,7 @@ async def test_a_steps_customer_row_writes_go_through_the_claim_together(store: 
 
     change = (await store.submit_change("acme", "pro", None, T0, "webhook", "w", T0)).change
     statements: list[str] = []
-    engine = None if store.dialect == "sqlite" else store._pg.sync_engine
+    engine = None if store.dialect == "sqlite" else store.db.pg.sync_engine
     if engine is not None:
 
         def seen(_c: object, _cur: object, statement: str, *_args: object) -> None:

@@ -45,7 +45,7 @@ async def test_migrate_is_idempotent_and_is_migrated(db_url: str, clock: Clock) 
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
             return names, version
 
-        names, version = await s._tx(read, write=False)
+        names, version = await s.db.tx(read, write=False)
         assert {"change_requests", "customers", "audit_log", "outbox_events"} <= names
         assert [tuple(r) for r in version] == [("0004",)]
         assert await s.ping() is True
@@ -141,7 +141,7 @@ async def test_sqlite_wal_full_sync_and_foreign_keys(tmp_path: Path, clock: Cloc
             sync = (await conn.execute(sa.text("PRAGMA synchronous"))).scalar()
             return mode, fks, busy, sync
 
-        mode, fks, busy, sync = await s._tx(pragmas, write=False)
+        mode, fks, busy, sync = await s.db.tx(pragmas, write=False)
         assert (mode, fks) == ("wal", 1)
         assert sync == 2  # FULL: every commit is synced (durable across a power loss)
         assert busy == 5000

@@ -16,9 +16,9 @@ from .conftest import T0, Clock
 
 async def _alembic(store: Store, fn: Callable[[Any, Any], None]) -> None:
     """Run an Alembic command on ``store``'s database (either backend)."""
-    cfg = store._alembic_config()
-    if store._sync is not None:
-        engine = store._sync
+    cfg = store.db.alembic_config()
+    if store.db.sync_engine is not None:
+        engine = store.db.sync_engine
 
         def run() -> None:
             with engine.connect() as conn:
@@ -26,9 +26,9 @@ async def _alembic(store: Store, fn: Callable[[Any, Any], None]) -> None:
                 fn(cfg, conn)
                 conn.commit()
 
-        await store._in_db_thread(run)
+        await store.db.in_db_thread(run)
         return
-    async with store._pg.connect() as conn:
+    async with store.db.pg.connect() as conn:
 
         def go(sync_conn: Any) -> None:
             cfg.attributes["connection"] = sync_conn
@@ -43,7 +43,7 @@ async def _columns(store: Store) -> set[str]:
         cols = await conn.run_sync(lambda c: sa.inspect(c).get_columns("change_requests"))
         return {c["name"] for c in cols}
 
-    return await store._tx(op, write=False)
+    return await store.db.tx(op, write=False)
 
 
 async def test_upgrade_from_0003_keeps_rows_and_adds_the_mark(db_url: str, clock: Clock) -> None:
@@ -70,7 +70,7 @@ async def test_upgrade_from_0003_keeps_rows_and_adds_the_mark(db_url: str, clock
                 {"t": T0.replace(tzinfo=None)},
             )
 
-        await s._tx(insert, write=True)
+        await s.db.tx(insert, write=True)
         await s.migrate()
         assert "observed_mark" in await _columns(s)
         old = await s.get_change("chg-old")

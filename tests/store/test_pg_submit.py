@@ -39,7 +39,7 @@ class Statements:
     def __init__(self, store: Store) -> None:
         self.seen: list[tuple[str, bool]] = []
         self.lose_answers = 0
-        engine = store._pg.sync_engine
+        engine = store.db.pg.sync_engine
         event.listen(engine, "before_cursor_execute", self._before)
         event.listen(engine, "after_cursor_execute", self._after)
 
@@ -57,7 +57,7 @@ async def _rows(store: Store, source_id: str) -> list[Any]:
         q = sa.select(change_requests).where(change_requests.c.source_id == source_id)
         return list((await conn.execute(q)).all())
 
-    return await store._tx(op, write=False)
+    return await store.db.tx(op, write=False)
 
 
 async def test_a_webhook_submit_is_one_statement_in_autocommit(store: Store) -> None:
@@ -124,19 +124,19 @@ async def test_downgrading_revision_0003_drops_the_function(store: Store) -> Non
         q = sa.text("SELECT count(*) FROM pg_proc WHERE proname = 'reconciler_submit_change'")
         return int((await conn.execute(q)).scalar_one())
 
-    assert await store._tx(count, write=False) == 1
-    cfg = store._alembic_config()
+    assert await store.db.tx(count, write=False) == 1
+    cfg = store.db.alembic_config()
 
     def down(sync_conn: Any) -> None:
         cfg.attributes["connection"] = sync_conn
         command.downgrade(cfg, "0002")
 
-    async with store._pg.connect() as conn:
+    async with store.db.pg.connect() as conn:
         await conn.run_sync(down)
         await conn.commit()
-    assert await store._tx(count, write=False) == 0
+    assert await store.db.tx(count, write=False) == 0
     assert await store.is_migrated() is False
     await store.migrate()
-    assert await store._tx(count, write=False) == 1
+    assert await store.db.tx(count, write=False) == 1
     result = await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
     assert result.created is True
