@@ -623,19 +623,17 @@ class Billing:
         inv_id = self.gathering.get(key)
         if inv_id is not None:
             return self.invoices[inv_id]
-        cust = self.state.customers[customer_id]
-        n = self._next("gathering")
-        inv = Invoice(
-            id=new_ulid(at),
-            customer_id=customer_id,
-            currency=currency,
-            status="gathering",
-            number=f"GATHER-{customer_prefix(cust.name)}-{currency}-{n}",
-            created_at=at,
-            updated_at=at,
-        )
-        self.invoices[inv.id] = inv
+        prefix = customer_prefix(self.state.customers[customer_id].name)
+        number = f"GATHER-{prefix}-{currency}-{self._next('gathering')}"
+        inv = self._new_invoice(customer_id, currency, "gathering", number, at)
         self.gathering[key] = inv.id
+        return inv
+
+    def _new_invoice(
+        self, customer_id: str, currency: str, status: str, number: str, at: datetime
+    ) -> Invoice:
+        inv = Invoice(new_ulid(at), customer_id, currency, status, number, at, at)
+        self.invoices[inv.id] = inv
         return inv
 
     def _next(self, scope: str) -> int:
@@ -676,16 +674,9 @@ class Billing:
             ]
             if not due:
                 continue
-            cust = self.state.customers[customer_id]
-            inv = Invoice(
-                id=new_ulid(at),
-                customer_id=customer_id,
-                currency=currency,
-                status="draft.created",
-                number=f"DRAFT-{customer_prefix(cust.name)}-{self._next('draft')}",
-                created_at=at,
-                updated_at=at,
-            )
+            prefix = customer_prefix(self.state.customers[customer_id].name)
+            number = f"DRAFT-{prefix}-{self._next('draft')}"
+            inv = self._new_invoice(customer_id, currency, "draft.created", number, at)
             for lid in due:
                 gathering.lines.remove(lid)
                 self.lines[lid].invoice_id = inv.id
@@ -695,7 +686,6 @@ class Billing:
             if not any(self.lines[lid].deleted_at is None for lid in gathering.lines):
                 gathering.deleted_at = at
                 self.gathering.pop((cid, currency), None)
-            self.invoices[inv.id] = inv
             self._recalculate(inv, at)
             inv.status = "draft.waiting_for_collection"
 

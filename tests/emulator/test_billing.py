@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.plans import billed, fee_plan
+
 from .conftest import Api
 
 APRIL = datetime(2027, 4, 1, tzinfo=UTC)
@@ -18,37 +20,7 @@ MAY = datetime(2027, 5, 1, tzinfo=UTC)
 
 
 def _plan(key: str, fee: str, unit: str = "0.001") -> dict[str, Any]:
-    return {
-        "key": key,
-        "name": key.title(),
-        "currency": "USD",
-        "billingCadence": "P1M",
-        "proRatingConfig": {"enabled": True, "mode": "prorate_prices"},
-        "phases": [
-            {
-                "key": "default",
-                "name": "Default",
-                "duration": None,
-                "rateCards": [
-                    {
-                        "type": "flat_fee",
-                        "key": "base_fee",
-                        "name": "Base fee",
-                        "billingCadence": "P1M",
-                        "price": {"type": "flat", "amount": fee, "paymentTerm": "in_advance"},
-                    },
-                    {
-                        "type": "usage_based",
-                        "key": "api_credits",
-                        "name": "API credits",
-                        "featureKey": "api_credits",
-                        "billingCadence": "P1M",
-                        "price": {"type": "unit", "amount": unit},
-                    },
-                ],
-            }
-        ],
-    }
+    return fee_plan(key, fee, unit, term="in_advance", fee_key="base_fee", fee_name="Base fee")
 
 
 async def _publish(api: Api, key: str, fee: str) -> None:
@@ -73,19 +45,6 @@ async def _invoices(api: Api, customer_id: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = page["items"]
     assert page["totalCount"] == len(items)
     return items
-
-
-def _billed(invoices: list[dict[str, Any]], item: str, month: datetime) -> Decimal:
-    """What the customer is billed for ``item``'s service in ``month`` (issued or not)."""
-    total = Decimal(0)
-    for inv in invoices:
-        if inv["status"] == "gathering":
-            continue
-        for line in inv.get("lines", []):
-            start = datetime.fromisoformat(line["period"]["from"])
-            if line["name"] == item and start.year == month.year and start.month == month.month:
-                total += Decimal(line["totals"]["total"])
-    return total
 
 
 async def _upgrade_in_place(api: Api, sub_id: str) -> None:
@@ -173,7 +132,7 @@ async def test_what_april_costs_after_an_upgrade_on_april_16(
         )
     await api.set_time(datetime(2027, 4, 16, 0, 0, 5, tzinfo=UTC))  # the worker has synced
     invs = await _invoices(api, sub["customerId"])
-    assert _billed(invs, "Base fee", APRIL) == Decimal(april_base_fee)
+    assert billed(invs, "Base fee", APRIL) == Decimal(april_base_fee)
     first = next(i for i in invs if i["status"] != "gathering")
     issues = first.get("validationIssues", [])
     if profile.get("autoAdvance", True):

@@ -31,6 +31,7 @@ from reconciler.domain.periods import parse_duration, period_at
 from reconciler.engine.quote import Quoter, render_quote
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import ChangeStatus
+from tests.plans import billed as billed_for
 
 from .conftest import POLICY, POLICY_NEXT_BOUNDARY, make_settings
 from .helpers import mutations, plan_key
@@ -60,20 +61,6 @@ async def _invoices(rt: Runtime, customer_id: str) -> list[dict[str, Any]]:
     )
     items: list[dict[str, Any]] = r.json()["items"]
     return items
-
-
-def _billed(invoices: list[dict[str, Any]], item: str, month: datetime) -> Decimal:
-    """What OpenMeter bills for ``item``'s service in ``month``: every line outside the gathering
-    invoice (an issued line stays as issued)."""
-    total = Decimal(0)
-    for inv in invoices:
-        if inv["status"] == "gathering":
-            continue
-        for line in inv.get("lines", []):
-            start = datetime.fromisoformat(line["period"]["from"])
-            if line["name"] == item and (start.year, start.month) == (month.year, month.month):
-                total += Decimal(line["totals"]["total"])
-    return total
 
 
 async def _setup(story: Story, control: httpx.AsyncClient, profile: dict[str, Any]) -> str:
@@ -149,7 +136,7 @@ async def test_upgrade_on_april_16_is_billed_as_quoted(
         # OpenMeter's worker syncs; April's base fee is what the quote said.
         await story.set_clock(UPGRADE + timedelta(seconds=5))
         invoices = await _invoices(rt, customer_id)
-        assert _billed(invoices, "Base fee", APRIL) == Decimal(april)
+        assert billed_for(invoices, "Base fee", APRIL) == Decimal(april)
         served = await mutations(billed)
         if policy == POLICY:
             assert served == [("PATCH", "")]
@@ -163,8 +150,8 @@ async def test_upgrade_on_april_16_is_billed_as_quoted(
             assert served == [("PATCH", ""), ("POST", "change")]
         await story.set_clock(MAY + timedelta(hours=2))
         invoices = await _invoices(rt, customer_id)
-        assert _billed(invoices, "Base fee", MAY) == Decimal(300)
-        assert _billed(invoices, "Base fee", APRIL) == Decimal(april)  # unchanged
+        assert billed_for(invoices, "Base fee", MAY) == Decimal(300)
+        assert billed_for(invoices, "Base fee", APRIL) == Decimal(april)  # unchanged
 
         # The record converges: the customer is on Advanced by plan, usage kept throughout.
         converge = JUNE if policy == POLICY else MAY
@@ -178,7 +165,7 @@ async def test_upgrade_on_april_16_is_billed_as_quoted(
         assert len(await mutations(billed)) == 2  # each mutation served once
         await story.set_clock(converge + timedelta(hours=2))
         invoices = await _invoices(rt, customer_id)
-        assert _billed(invoices, "Base fee", converge) == Decimal(300)
+        assert billed_for(invoices, "Base fee", converge) == Decimal(300)
 
 
 async def test_without_billing_the_quote_and_event_say_no_invoices(

@@ -25,6 +25,7 @@ from reconciler.engine.quote import QuoteError, Quoter, parse_at, render_quote
 from reconciler.openmeter.client import OpenMeterClient
 from reconciler.store import Store
 from reconciler.store.types import ChangeSource
+from tests.plans import fee_plan
 
 # Sub-second anchor, as OpenMeter's default (the create instant) has.
 T0 = datetime(2026, 4, 10, 8, 30, 45, 123456, tzinfo=UTC)
@@ -54,42 +55,7 @@ defaults:
 
 
 def flat_plan(key: str, fee: str, unit: str, allowance: int) -> dict[str, Any]:
-    return {
-        "key": key,
-        "name": key.title(),
-        "currency": "USD",
-        "billingCadence": "P1M",
-        "proRatingConfig": {"enabled": True, "mode": "prorate_prices"},
-        "phases": [
-            {
-                "key": "default",
-                "name": "Default",
-                "duration": None,
-                "rateCards": [
-                    {
-                        "type": "flat_fee",
-                        "key": "platform_fee",
-                        "name": "Platform fee",
-                        "billingCadence": "P1M",
-                        "price": {"type": "flat", "amount": fee, "paymentTerm": "in_arrears"},
-                    },
-                    {
-                        "type": "usage_based",
-                        "key": "api_credits",
-                        "name": "API credits",
-                        "featureKey": "api_credits",
-                        "billingCadence": "P1M",
-                        "price": {"type": "unit", "amount": unit},
-                        "entitlementTemplate": {
-                            "type": "metered",
-                            "issueAfterReset": allowance,
-                            "usagePeriod": "P1M",
-                        },
-                    },
-                ],
-            }
-        ],
-    }
+    return fee_plan(key, fee, unit, allowance=allowance)
 
 
 def volume_plan() -> dict[str, Any]:
