@@ -1,4 +1,5 @@
-"""Process wiring shared by the CLI and the service: settings -> client, store, policy, engine.
+"""Process wiring shared by the CLI and the service: settings -> client, store, policy, and the
+engine's collaborators (built once), the engine, its read side and its quoter.
 
 One ``Runtime`` per process: one OpenMeter client (one connection pool), one store (one engine
 pool), the policy loaded and validated once at start-up.
@@ -12,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.domain.policy import Policy, PolicyError
-from reconciler.engine import Engine, Hooks, HttpClock, Queries, SystemClock
+from reconciler.engine import (
+    Collaborators,
+    Engine,
+    Hooks,
+    HttpClock,
+    Queries,
+    Quoter,
+    SystemClock,
+)
 from reconciler.engine.audit import AuditWriter, fan_out
 from reconciler.engine.clock import Clock
 from reconciler.engine.pacing import Pacer
@@ -59,8 +68,10 @@ class Runtime:
     store: Store
     policy: Policy
     clock: Clock
+    collaborators: Collaborators
     engine: Engine
     queries: Queries
+    quoter: Quoter
 
 
 @asynccontextmanager
@@ -107,10 +118,20 @@ async def open_runtime(
                 for warning in await check_policy(policy, client):
                     log.warning("policy_warning", warning=warning)
             pacer = Pacer(settings.intake_priority_ms / 1000)
-            engine = Engine(
-                client, store, policy, clock, hooks=hooks, call_audit=audit, pacer=pacer
+            collab = Collaborators.build(client, store, policy, clock, pacer=pacer)
+            engine = Engine(collab, hooks=hooks, call_audit=audit)
+            quoter = Quoter(collab)
+            yield Runtime(
+                settings,
+                client,
+                store,
+                policy,
+                clock,
+                collab,
+                engine,
+                Queries(collab, quoter),
+                quoter,
             )
-            yield Runtime(settings, client, store, policy, clock, engine, Queries(engine))
         finally:
             await client.aclose()
     finally:

@@ -57,6 +57,7 @@ from reconciler.domain.model import (
     Timing,
 )
 from reconciler.domain.pricing.replay import observed_versions, replay_edit
+from reconciler.domain.timefmt import iso_offset
 
 
 class DecisionLike(Protocol):
@@ -326,7 +327,7 @@ def plan(
             now,
             cur.active_to,
             warnings=(
-                f"subscription {cur.id} is canceled as of {_iso(cur.active_to)}; "
+                f"subscription {cur.id} is canceled as of {iso_offset(cur.active_to) or 'never'}; "
                 "the cancelation was not made by the reconciler and is left alone",
             ),
         )
@@ -406,10 +407,6 @@ def _record_convergence(
     if edit is not None:
         versions = replay_edit(versions, edit, running, now)
     return plan_record_convergence(running, versions, first=boundary, mode=mode)
-
-
-def _iso(dt: datetime | None) -> str:
-    return dt.isoformat() if dt else "never"
 
 
 def _boundary(cur: ObservedSubscription, succ: ObservedSubscription | None) -> datetime | None:

@@ -9,11 +9,9 @@ observation shows whether it was applied.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,21 +20,13 @@ import httpx
 
 from reconciler.domain.actions import (
     Action,
-    CreateSubscription,
     DeleteScheduled,
     EditItems,
-    ScheduleChange,
-    Unschedule,
 )
 from reconciler.domain.addons import AddonMode, addons_matter
 from reconciler.domain.addons import gate as addon_gate
-from reconciler.domain.drift import ObservedMark, items_summary, mark_of
-from reconciler.domain.invoices import Invoiced, InvoicesState
+from reconciler.domain.drift import mark_of
 from reconciler.domain.model import (
-    META_CHANGE,
-    META_PLAN,
-    META_VERSION,
-    Desired,
     Direction,
     EntitlementValue,
     Observed,
@@ -45,25 +35,29 @@ from reconciler.domain.model import (
     SubscriptionStatus,
     Timing,
 )
-from reconciler.domain.planner import ChangePolicy, PlanResult, State, plan
+from reconciler.domain.planner import PlanResult, State, plan
 from reconciler.domain.policy import PolicyError
-from reconciler.domain.pricing.credits import credit_possible
-from reconciler.domain.pricing.replay import observed_versions
+from reconciler.engine.aliases import one_customer_one_intent
 from reconciler.engine.audit import AuditWriter
-from reconciler.engine.catalog import Catalog, UnknownPlan
-from reconciler.engine.clock import Clock
-from reconciler.engine.invoices import credit_due_view, read_invoiced
-from reconciler.engine.observe import Observer
-from reconciler.engine.pacing import Pacer
-from reconciler.engine.preview import (
+from reconciler.engine.catalog import UnknownPlan
+from reconciler.engine.collaborators import Collaborators
+from reconciler.engine.decisions import (
+    credit_due,
+    drift_found,
+    drift_kind,
+    execute,
+    record_decision,
+)
+from reconciler.engine.passes import Pass
+from reconciler.engine.results import AppliedCall, Hooks, Outcome, OutcomeState
+from reconciler.engine.transitions import failure_events, next_transition, status_event
+from reconciler.engine.views import (
     convergence_view,
-    preview_document,
-    subscription_view,
-    values_view,
+    response_summary,
+    value_view,
 )
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter import mapping
-from reconciler.openmeter.client import OpenMeterClient
 from reconciler.openmeter.errors import (
     BadRequest,
     Conflict,
@@ -76,14 +70,10 @@ from reconciler.openmeter.errors import (
     TransportError,
 )
 from reconciler.openmeter.models import SubscriptionChangeResponse
-from reconciler.store import Store
 from reconciler.store.errors import StaleChangeError
-from reconciler.store.store import KEEP, Claim, Keep
+from reconciler.store.store import Claim
 from reconciler.store.types import (
-    AuditEntry,
-    AuditKind,
     ChangeRecord,
-    ChangeSource,
     ChangeStatus,
     NewEvent,
 )
@@ -93,67 +83,6 @@ log = get_logger("reconciler.engine")
 RETRY_BASE = timedelta(seconds=5)
 RETRY_MAX = timedelta(minutes=30)
 AFTER_BOUNDARY = timedelta(seconds=2)
-
-
-@dataclass
-class Hooks:
-    """Callbacks the service uses for metrics; all optional."""
-
-    on_action: Callable[[str, str], None] | None = None  # (kind, outcome)
-    on_status: Callable[[str], None] | None = None
-    on_usage_not_preserved: Callable[[str], None] | None = None  # feature key
-    on_drift_healed: Callable[[str], None] | None = None  # action kind
-    on_drift_found: Callable[[str], None] | None = None  # what drifted: items | subscription
-
-
-@dataclass
-class Outcome:
-    customer: str
-    change_id: str | None
-    status: str | None
-    state: str
-    applied: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-    usage_not_preserved: list[str] = field(default_factory=list)
-    result: PlanResult | None = None
-
-
-@dataclass
-class _Pass:
-    """One reconcile pass of one customer: its claims and the writes staged for the next commit.
-
-    Writes are staged and committed together (``Engine._commit``): before the pass's first
-    mutation and before any mutation that needs a durable marker (``proof_before``,
-    ``resuming``), right after every mutation (with its audit row), and when the pass ends.
-    """
-
-    claim: Claim
-    aliases: AsyncExitStack
-    fields: dict[str, Any] = field(default_factory=dict)
-    notes: list[AuditEntry] = field(default_factory=list)
-    reschedule: datetime | Keep | None = KEEP
-    customer_id: str | None = None
-    durable: bool = False  # a staged field must be stored before the next mutation
-    acted: bool = False  # a mutation was sent in this pass
-
-
-def _value_dict(v: EntitlementValue | None) -> dict[str, Any] | None:
-    if v is None:
-        return None
-    return {
-        "has_access": v.has_access,
-        "usage": _num(v.usage),
-        "balance": _num(v.balance),
-        "total_available_grant_amount": _num(v.total_available_grant_amount),
-    }
-
-
-def _num(d: Decimal | None) -> int | float | str | None:
-    if d is None:
-        return None
-    if d == d.to_integral_value():
-        return int(d)
-    return str(d)
 
 
 def _backoff(attempts: int) -> timedelta:
@@ -173,29 +102,26 @@ def _same_call(a: Action, b: Action) -> bool:
 class Engine:
     def __init__(
         self,
-        client: OpenMeterClient,
-        store: Store,
-        policy: ChangePolicy,
-        clock: Clock,
+        c: Collaborators,
         *,
         hooks: Hooks | None = None,
         max_steps: int = 8,
         after_action: Callable[[Action], Awaitable[None]] | None = None,
         call_audit: AuditWriter | None = None,
-        pacer: Pacer | None = None,
     ) -> None:
-        self.client = client
-        self.store = store
-        self.policy = policy
-        self.clock = clock
-        self.catalog = Catalog(client)
-        self.pacer = pacer or Pacer(0)
-        self.observer = Observer(client, self.pacer)
+        self.c = c
+        self.client = c.client
+        self.store = c.store
+        self.policy = c.policy
+        self.clock = c.clock
+        self.catalog = c.catalog
+        self.pacer = c.pacer
+        self.observer = c.observer
         self.hooks = hooks or Hooks()
         self.max_steps = max_steps
         self._after_action = after_action  # test seam: crash injection right after a mutation
         self.call_audit = call_audit  # the client's audit observer: its rows go with ours
-        self._passes: dict[str, _Pass] = {}
+        self._passes: dict[str, Pass] = {}
         # customer -> monotonic time until which a timed-out mutation may still be running
         self._settling: dict[str, float] = {}
 
@@ -209,8 +135,8 @@ class Engine:
         await self.pacer.yield_point()
         async with self.store.claim(customer) as claim, AsyncExitStack() as aliases:
             if claim is None:
-                return Outcome(customer, None, None, "busy")
-            self._passes[customer] = _Pass(claim, aliases)
+                return Outcome(customer, None, None, OutcomeState.BUSY)
+            self._passes[customer] = Pass(self.store, self.pacer, self.call_audit, claim, aliases)
             if self.call_audit is not None:
                 self.call_audit.bind(customer)
             try:
@@ -220,75 +146,30 @@ class Engine:
                 # superseded final): nothing to record, and no event for it; the worker runs
                 # the customer again for the newer request.
                 log.info("change_superseded_while_reconciling", change=exc.change_id)
-                return Outcome(customer, exc.change_id, exc.actual, "superseded")
+                return Outcome(customer, exc.change_id, exc.actual, OutcomeState.SUPERSEDED)
             finally:
-                state = self._passes.pop(customer)
-                if self.call_audit is not None:
-                    await self.call_audit.flush(customer)
-                if state.notes:
-                    await self.store.append_audit(state.notes)
+                await self._passes.pop(customer).close(customer)
 
     # -- staged writes --------------------------------------------------------------------------
 
     def _stage(self, change: ChangeRecord, *, durable: bool = False, **fields: Any) -> ChangeRecord:
-        """Stage fields of the change for the next commit; returns the change as it will be."""
-        state = self._passes[change.customer]
-        state.fields.update(fields)
-        state.durable = state.durable or durable
-        if "customer_id" in fields:
-            state.customer_id = fields["customer_id"]
-        return dataclasses.replace(change, **fields)
+        return self._passes[change.customer].stage(change, durable=durable, **fields)
 
     def _note(self, change: ChangeRecord, operation: str, at: datetime, **fields: Any) -> None:
-        """Stage a decision row of the audit log for this change."""
-        self._passes[change.customer].notes.append(
-            AuditEntry(
-                at=at,
-                kind=AuditKind.DECISION,
-                operation=operation,
-                customer=change.customer,
-                change_id=change.id,
-                **fields,
-            )
-        )
+        self._passes[change.customer].note(change, operation, at, **fields)
 
     def _schedule(self, customer: str, at: datetime | None) -> None:
-        """Stage when the worker should look at this customer next (None: nothing due)."""
-        self._passes[customer].reschedule = at
+        self._passes[customer].schedule(at)
 
     async def _commit(
         self, change: ChangeRecord | None, customer: str, events: list[NewEvent] | None = None
     ) -> ChangeRecord | None:
-        """Write what the pass staged, the audit rows of its calls and ``events`` in one store
-        transaction (see ``Store.commit``)."""
-        await self.pacer.yield_point()
-        state = self._passes[customer]
-        audit = [*(self.call_audit.take(customer) if self.call_audit else ()), *state.notes]
-        fields, reschedule = state.fields, state.reschedule
-        state.fields, state.notes, state.reschedule, state.durable = {}, [], KEEP, False
-        if change is None:
-            fields = {}
-        try:
-            stored = await self.store.commit(
-                change.id if change is not None else None,
-                fields=fields,
-                events=events or (),
-                audit=audit,
-                claim=state.claim,
-                customer_id=state.customer_id,
-                reschedule=reschedule,
-            )
-        except StaleChangeError:
-            await self.store.append_audit(audit)  # what was called stays on record
-            raise
-        return stored if stored is not None else change
+        return await self._passes[customer].commit(change, customer, events)
 
     async def _commit_change(
         self, change: ChangeRecord, events: list[NewEvent] | None = None
     ) -> ChangeRecord:
-        stored = await self._commit(change, change.customer, events)
-        assert stored is not None
-        return stored
+        return await self._passes[change.customer].commit_change(change, events)
 
     async def _reconcile_claimed(self, customer: str, claim: Claim) -> Outcome:
         change = claim.desired
@@ -299,17 +180,21 @@ class Engine:
                 # Not even an observation yet: it could miss the mutation still running.
                 self._schedule(customer, await self.clock.now() + timedelta(seconds=wait))
                 await self._commit(None, customer)
-                return Outcome(customer, change.id if change else None, None, "settling")
+                return Outcome(customer, change.id if change else None, None, OutcomeState.SETTLING)
             del self._settling[customer]
         if change is None:
             self._schedule(customer, None)
             await self._commit(None, customer)
-            return Outcome(customer, None, None, "no_desired_state")
+            return Outcome(customer, None, None, OutcomeState.NO_DESIRED_STATE)
         if change.status in (ChangeStatus.FAILED, ChangeStatus.SUPERSEDED):
             self._schedule(customer, None)
             await self._commit(None, customer)
             return Outcome(
-                customer, change.id, change.status.value, "not_open", error=change.last_error
+                customer,
+                change.id,
+                change.status.value,
+                OutcomeState.NOT_OPEN,
+                error=change.last_error,
             )
         with bound(customer=customer, change=change.id):
             try:
@@ -332,7 +217,7 @@ class Engine:
             change = self._stage(change, plan_version=target.version)
         desired = change.to_desired()
         converged = change.status is ChangeStatus.CONVERGED
-        outcome = Outcome(customer, change.id, change.status.value, "acting")
+        outcome = Outcome(customer, change.id, change.status.value, OutcomeState.ACTING)
         last_failure: tuple[Action, OpenMeterError] | None = None
         ambiguous = 0
         result: PlanResult | None = None
@@ -364,7 +249,9 @@ class Engine:
             identity = (observed.customer_id, observed.customer_key)
             values = dict(observed.values) if has_values else None
             if step == 0:
-                change, stop = await self._one_customer_one_intent(change, observed, now)
+                change, stop = await one_customer_one_intent(
+                    self.store, self._passes[customer], change, observed, now, RETRY_BASE
+                )
                 if stop is not None:
                     return stop
             change = await self._check_pending_proof(change, observed, outcome)
@@ -391,9 +278,12 @@ class Engine:
             mode = getattr(self.policy, "addons", AddonMode.REFUSE)
             result = addon_gate(result, observed, target, mode, desired.change_id)
             if step == 0:
-                change = await self._record_decision(change, result, observed)
+                p = self._passes[customer]
+                change = record_decision(p, change, result, observed, await self.clock.now())
                 if converged and result.actions:
-                    self._drift_found(change, observed, target, result, now)
+                    drift_found(p, change, observed, target, result, now)
+                    if self.hooks.on_drift_found:
+                        self.hooks.on_drift_found(drift_kind(observed, target))
             if result.convergence is not None:
                 # When and why the plan record converges, as decided by the step that chose
                 # it (later steps find its successor scheduled and decide nothing more).
@@ -460,8 +350,9 @@ class Engine:
             last_failure = None
             # The mutation's audit row, at once, with whatever this step staged.
             change = await self._commit_change(change)
+            call = action.request()
             outcome.applied.append(
-                {"action": action.kind, **action.request().as_dict(), "result": _summary(raw)}
+                AppliedCall(action.kind, call.method, call.path, call.body, response_summary(raw))
             )
             if self.hooks.on_action:
                 self.hooks.on_action(action.kind, "applied")
@@ -488,142 +379,10 @@ class Engine:
         assert result is not None
         return await self._finish(change, result, outcome, observed)
 
-    def _drift_found(
-        self,
-        change: ChangeRecord,
-        observed: Observed,
-        target: Plan,
-        result: PlanResult,
-        now: datetime,
-    ) -> None:
-        """A converged change whose OpenMeter state moved: audit what was found (the current
-        items against the mark stored at convergence) and count it."""
-        cur = observed.current
-        on_plan = (
-            cur is not None
-            and cur.plan is not None
-            and (cur.plan.key, cur.plan.version) == (target.key, target.version)
-            and cur.status is SubscriptionStatus.ACTIVE
-            and observed.successor is None
-        )
-        kind = "items" if on_plan else "subscription"
-        stored = ObservedMark.decode(change.observed_mark)
-        self._note(
-            change,
-            "drift_found",
-            now,
-            detail=f"{kind} drifted from {target.ref} after convergence: {result.reason}",
-            data={
-                "kind": kind,
-                "found": items_summary(cur, now),
-                "expected_plan": str(target.ref),
-                "mark_at_convergence": stored.encode() if stored else None,
-                "mark_now": mark_of(cur).encode(),
-                "actions": [a.request().as_dict() for a in result.actions],
-            },
-        )
-        if self.hooks.on_drift_found:
-            self.hooks.on_drift_found(kind)
-        log.warning("drift_found", kind=kind, found=items_summary(cur, now))
-
-    async def adopt(self, customer: str) -> ChangeRecord | None:
-        """Re-derive a customer's desired state from the tags OpenMeter holds.
-
-        The reconciler tags what it writes: the successor it schedules carries
-        ``reconciler.plan/version/change`` in its metadata and the items it adds carry them in
-        their entitlement metadata. A customer without desired state in our store (a lost or
-        new database) gets it back from those tags; a customer without tags is left alone.
-        """
-        if await self.store.desired_for(customer) is not None:
-            return None
-        now = await self.clock.now()
-        observed = await self.observer.observe(customer, now, values=False)
-        found = _tags_of(observed, now)
-        if found is None:
-            return None
-        tags, requested_at = found
-        try:
-            version: int | None = int(tags.get(META_VERSION, ""))
-        except ValueError:
-            version = None
-        result = await self.store.submit_change(
-            customer,
-            tags[META_PLAN],
-            version,
-            requested_at,
-            ChangeSource.SWEEP,
-            tags.get(META_CHANGE) or f"adopted-{observed.customer_id}",
-            now,
-            customer_id=observed.customer_id,
-        )
-        log.info(
-            "desired_state_adopted",
-            customer=customer,
-            plan=tags[META_PLAN],
-            change=result.change.id,
-        )
-        return result.change
-
     # ------------------------------------------------------------------------------------------
     async def _execute(self, action: Action) -> Any:
         await self.pacer.yield_point()
-        call = action.request()
-        body = dict(call.body or {})
-        c = self.client
-        if isinstance(action, EditItems):
-            resp: Any = await c.edit_subscription(
-                action.subscription_id, body["customizations"], body["timing"]
-            )
-        elif isinstance(action, ScheduleChange):
-            resp = await c.change_subscription(action.subscription_id, body)
-        elif isinstance(action, DeleteScheduled):
-            await c.delete_subscription(action.subscription_id)
-            return {"status": 204}
-        elif isinstance(action, Unschedule):
-            resp = await c.unschedule_cancelation(action.subscription_id)
-        elif isinstance(action, CreateSubscription):
-            resp = await c.create_subscription(body)
-        else:  # pragma: no cover - exhaustive union
-            raise TypeError(action)
-        return resp
-
-    async def _record_decision(
-        self, change: ChangeRecord, result: PlanResult, observed: Observed
-    ) -> ChangeRecord:
-        now = await self.clock.now()
-        self._note(
-            change,
-            "plan",
-            now,
-            data={
-                "state": result.state.value,
-                "direction": result.direction.value,
-                "timing": result.timing.value if result.timing else None,
-                "rule": result.rule,
-                "reason": result.reason,
-                "from_plan": str(result.from_plan) if result.from_plan else None,
-                "actions": [a.request().as_dict() for a in result.actions],
-                "warnings": list(result.warnings),
-                "refusal": result.refusal,
-            },
-        )
-        if change.direction is not None or not result.actions:
-            return change
-        details = dict(change.details)
-        details["entitlements_before"] = {
-            k: _value_dict(v) for k, v in sorted(observed.values.items())
-        }
-        if result.warnings:
-            details["warnings"] = list(result.warnings)
-        return self._stage(
-            change,
-            direction=result.direction,
-            timing=result.timing,
-            rule=result.rule,
-            effective_at=result.effective_at,
-            converges_at=result.converges_at,
-            details=details,
-        )
+        return await execute(self.client, action)
 
     async def _proof_before(
         self, change: ChangeRecord, observed: Observed, target: Plan
@@ -640,7 +399,7 @@ class Engine:
         missing = features - set(values)
         if missing:
             values.update(await self.observer.values(observed.customer_id, missing))
-        return {k: _value_dict(v) for k, v in sorted(values.items())}
+        return {k: value_view(v) for k, v in sorted(values.items())}
 
     async def _proof_after(
         self,
@@ -650,7 +409,7 @@ class Engine:
         outcome: Outcome,
     ) -> tuple[ChangeRecord, dict[str, EntitlementValue]]:
         after_vals = await self.observer.values(customer_id, before.keys())
-        after = {k: _value_dict(v) for k, v in sorted(after_vals.items())}
+        after = {k: value_view(v) for k, v in sorted(after_vals.items())}
         lost = _usage_lost(before, after)
         outcome.usage_not_preserved.extend(lost)
         for feature in lost:
@@ -660,59 +419,6 @@ class Engine:
         details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
         details["entitlements_after"] = after
         return self._stage(change, details=details), after_vals
-
-    async def _one_customer_one_intent(
-        self, change: ChangeRecord, observed: Observed, now: datetime
-    ) -> tuple[ChangeRecord, Outcome | None]:
-        """A portal may address one OpenMeter customer by id in one request and by key in
-        another; the store then holds two desired states for it. They are reconciled under
-        both claims, and the latest ``requested_at`` wins: the older one is superseded, so the
-        two can never undo each other."""
-        customer, cid = change.customer, observed.customer_id
-        state = self._passes[customer]
-        if change.customer_id is None:
-            change = self._stage(change, customer_id=cid)
-        elif state.claim.customer_id is None:
-            state.customer_id = cid
-        for rec in await self.store.aliases(cid):
-            if rec.customer == customer:
-                continue
-            other_claim = await state.aliases.enter_async_context(self.store.claim(rec.customer))
-            if other_claim is None:  # being worked on right now: look again shortly
-                self._schedule(customer, now + RETRY_BASE)
-                change = await self._commit_change(change)
-                return change, Outcome(customer, change.id, change.status.value, "busy")
-            other = other_claim.desired
-            if other is None or other.status in (ChangeStatus.SUPERSEDED, ChangeStatus.FAILED):
-                continue
-            ours_newer = change.requested_at >= other.requested_at
-            older, newer, newer_ref = (
-                (other, change, customer) if ours_newer else (change, other, rec.customer)
-            )
-            reason = (
-                f"superseded by change {newer.id} (requested {newer.requested_at.isoformat()}) "
-                f"for the same OpenMeter customer {cid}, addressed as '{newer_ref}'"
-            )
-            if not ours_newer:
-                self._schedule(customer, None)
-                updated = self._stage(
-                    change,
-                    status=ChangeStatus.SUPERSEDED,
-                    last_error=reason,
-                    next_attempt_at=None,
-                )
-                updated = await self._commit_change(updated)
-                log.warning(
-                    "alias_superseded", superseded=older.id, winner=newer.id, customer_id=cid
-                )
-                return updated, Outcome(
-                    customer, change.id, "superseded", "superseded", error=reason
-                )
-            await self.store.update_change(
-                older.id, status=ChangeStatus.SUPERSEDED, last_error=reason, next_attempt_at=None
-            )
-            log.warning("alias_superseded", superseded=older.id, winner=newer.id, customer_id=cid)
-        return change, None
 
     async def _clear_resuming(self, change: ChangeRecord, observed: Observed) -> ChangeRecord:
         if change.details.get("resuming") is None or _resuming(change, observed):
@@ -735,7 +441,7 @@ class Engine:
         self, change: ChangeRecord, result: PlanResult, outcome: Outcome, observed: Observed
     ) -> Outcome:
         now = await self.clock.now()
-        outcome.state = result.state.value
+        outcome.state = OutcomeState(result.state.value)
         outcome.result = result
         if result.state is State.REFUSED:
             return await self._fail(change, result.refusal or result.reason, outcome=outcome)
@@ -773,10 +479,10 @@ class Engine:
             next_check = now + _backoff(change.attempts + 1)
         details = dict(change.details)
         if status is ChangeStatus.APPLIED and status is not change.status:
-            details["credit_due"] = await self._credit_due(observed)
+            details["credit_due"] = await credit_due(self.client, observed)
         if status is not change.status and status is not ChangeStatus.PENDING:
-            n = _next_transition(details)
-            events.append(self._event(change, status, result, n, details=details))
+            n = next_transition(details)
+            events.append(status_event(change, status, result, n, details))
         updated = self._stage(
             change,
             status=status,
@@ -796,51 +502,9 @@ class Engine:
             "reconciled",
             status=status.value,
             state=result.state.value,
-            applied=[a["action"] for a in outcome.applied],
+            applied=[a.action for a in outcome.applied],
         )
         return outcome
-
-    async def _credit_due(self, observed: Observed) -> dict[str, Any] | None:
-        """What the customer is owed for in-advance fees already invoiced (issue 13)."""
-        sub = observed.current
-        if sub is None:
-            return None
-        versions = observed_versions(sub)
-        if not credit_possible(sub, versions):
-            return credit_due_view(sub, versions, Invoiced(InvoicesState.NOT_NEEDED))
-        invoiced = await read_invoiced(self.client, observed.customer_id, [sub.id])
-        return credit_due_view(sub, versions, invoiced)
-
-    def _event(
-        self,
-        change: ChangeRecord,
-        status: ChangeStatus,
-        result: PlanResult,
-        n: int,
-        *,
-        details: Mapping[str, Any] | None = None,
-    ) -> NewEvent:
-        details = change.details if details is None else details
-        kind = f"plan_change.{status.value}"
-        payload: dict[str, Any] = {
-            "change_id": change.id,
-            "customer": change.customer,
-            "customer_id": change.customer_id,
-            "plan": {"key": change.plan_key, "version": change.plan_version},
-            "direction": (change.direction or result.direction).value,
-            "timing": (change.timing or result.timing or Timing.IMMEDIATE).value,
-            "effective_at": _iso(change.effective_at or result.effective_at),
-            "converges_at": _iso(result.converges_at),
-        }
-        if details.get("convergence") is not None:
-            payload["convergence"] = details["convergence"]
-        if status is ChangeStatus.APPLIED:
-            payload["credit_due"] = details.get("credit_due")
-            payload["entitlements"] = {
-                "before": details.get("entitlements_before"),
-                "after": details.get("entitlements_after"),
-            }
-        return NewEvent(type=kind, payload=payload, id=_event_id(change.id, n, kind))
 
     async def _fail(
         self,
@@ -851,16 +515,8 @@ class Engine:
         outcome: Outcome | None = None,
     ) -> Outcome:
         now = await self.clock.now()
-        payload = {
-            "change_id": change.id,
-            "customer": change.customer,
-            "plan": {"key": change.plan_key, "version": change.plan_version},
-            "error": error,
-        }
         details = dict(change.details)
-        n = _next_transition(details)
-        kinds = dict.fromkeys([event, "plan_change.failed"])
-        events = [NewEvent(type=k, payload=payload, id=_event_id(change.id, n, k)) for k in kinds]
+        events = failure_events(change, error, event, next_transition(details))
         change = self._stage(
             change,
             status=ChangeStatus.FAILED,
@@ -874,9 +530,9 @@ class Engine:
         if self.hooks.on_status:
             self.hooks.on_status(ChangeStatus.FAILED.value)
         log.error("change_failed", error=error)
-        out = outcome or Outcome(change.customer, change.id, None, "failed")
+        out = outcome or Outcome(change.customer, change.id, None, OutcomeState.FAILED)
         out.status = ChangeStatus.FAILED.value
-        out.state = "failed"
+        out.state = OutcomeState.FAILED
         out.error = error
         return out
 
@@ -889,7 +545,9 @@ class Engine:
         self._schedule(change.customer, retry_at)
         await self._commit_change(change)
         log.warning("retry_later", error=detail, attempts=attempts, retry_at=retry_at.isoformat())
-        return Outcome(change.customer, change.id, change.status.value, "retry", error=detail)
+        return Outcome(
+            change.customer, change.id, change.status.value, OutcomeState.RETRY, error=detail
+        )
 
     async def _audit_outcome(
         self, change: ChangeRecord, action: Action, outcome: str, detail: str | None
@@ -908,10 +566,6 @@ class Engine:
         return await self._commit_change(change)
 
 
-def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat() if dt else None
-
-
 def _resuming(change: ChangeRecord, observed: Observed) -> bool:
     """True while the current subscription is canceled because we deleted its successor."""
     cur = observed.current
@@ -920,37 +574,6 @@ def _resuming(change: ChangeRecord, observed: Observed) -> bool:
         and cur.status is SubscriptionStatus.CANCELED
         and change.details.get("resuming") == cur.id
     )
-
-
-def _next_transition(details: dict[str, Any]) -> int:
-    """Count the change's status transitions (kept in its details): event ids stay unique when
-    a converged change is healed and passes through a status again."""
-    n = int(details.get("transitions", 0)) + 1
-    details["transitions"] = n
-    return n
-
-
-def _event_id(change_id: str, n: int, kind: str) -> str:
-    """Stable event id: written once, in the transaction of the transition it reports."""
-    return f"evt_{change_id}_{n}_{kind.rsplit('.', 1)[-1]}"
-
-
-def _tags_of(observed: Observed, now: datetime) -> tuple[Mapping[str, str], datetime] | None:
-    """The newest reconciler tags visible in OpenMeter, and when they were written."""
-    succ = observed.successor
-    if succ is not None and succ.metadata.get(META_PLAN):
-        return succ.metadata, succ.active_from if succ.active_from < now else now
-    cur = observed.current
-    if cur is None:
-        return None
-    phase = cur.phase_at(now)
-    tagged = [i for i in (phase.items if phase else ()) if i.provenance.get(META_PLAN)]
-    if tagged:
-        latest = max(tagged, key=lambda i: i.active_from)
-        return latest.provenance, latest.active_from
-    if cur.metadata.get(META_PLAN):
-        return cur.metadata, cur.active_from
-    return None
 
 
 def _usage_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
@@ -962,138 +585,3 @@ def _usage_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
         if a.get("usage") is None or Decimal(str(a["usage"])) < Decimal(str(b["usage"])):
             lost.append(f"{feature}: usage {b['usage']} -> {a.get('usage')}")
     return lost
-
-
-def _summary(resp: Any) -> Any:
-    if resp is None:
-        return None
-    dump = getattr(resp, "model_dump", None)
-    if dump is None:
-        return resp
-    data: Any = dump(by_alias=True, mode="json", exclude_none=True)
-    if isinstance(data, dict) and "current" in data and "next" in data:
-        return {"current": _brief(data["current"]), "next": _brief(data["next"])}
-    return _brief(data)
-
-
-def _brief(d: Any) -> Any:
-    if not isinstance(d, dict):
-        return d
-    keys = ("id", "status", "plan", "activeFrom", "activeTo")
-    return {k: d[k] for k in keys if k in d}
-
-
-async def _charges(
-    engine: Engine, observed: Observed, result: PlanResult, target: Plan, now: datetime
-) -> dict[str, Any]:
-    """The preview's ``charges``: this period's quote now and with the change, and the
-    difference (``reconciler.engine.quote``); ``{"error": ...}`` when it cannot be quoted."""
-    from reconciler.engine.quote import QuoteError, Quoter, charges_document
-
-    if observed.current is None:
-        return {"error": "no current subscription: nothing to quote"}
-    try:
-        charges = await Quoter(engine).charges(observed, result, target, now)
-    except QuoteError as exc:
-        return {"error": str(exc)}
-    except OpenMeterError as exc:  # e.g. a meter query refused: the dry run still answers
-        return {"error": f"cannot read usage from OpenMeter: {exc.detail or exc}"}
-    return charges_document(charges)
-
-
-class Queries:
-    """Read-only views built on the same observation and planner as ``Engine.reconcile``."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    async def preview(
-        self, customer: str, plan_key: str, plan_version: int | None = None
-    ) -> dict[str, Any]:
-        e = self.engine
-        target = await e.catalog.get(plan_key, plan_version)
-        now = await e.clock.now()
-        observed = await e.observer.observe(customer, now)
-        desired = Desired("preview", target.key, target.version, now)
-        result = plan(observed, desired, target, e.policy, now)
-        if addons_matter(result):
-            observed = await e.observer.with_addons(observed)
-            mode = getattr(e.policy, "addons", AddonMode.REFUSE)
-            result = addon_gate(result, observed, target, mode, desired.change_id)
-        doc = preview_document(observed, result, target, now)
-        doc["charges"] = await _charges(e, observed, result, target, now)
-        return doc
-
-    async def status(self, customer: str, *, audit_limit: int = 20) -> dict[str, Any]:
-        e = self.engine
-        now = await e.clock.now()
-        observed = await e.observer.observe(customer, now)
-        change = await e.store.desired_for(customer)
-        if change is None and observed.customer_key and observed.customer_key != customer:
-            change = await e.store.desired_for(observed.customer_key)
-        if change is None:
-            change = await e.store.desired_for(observed.customer_id)
-        convergence = "no_desired_state"
-        target_doc: dict[str, Any] | None = None
-        if change is not None:
-            target_doc = {
-                "change_id": change.id,
-                "plan": change.plan_key,
-                "plan_version": change.plan_version,
-                "status": change.status.value,
-                "requested_at": _iso(change.requested_at),
-                "effective_at": _iso(change.effective_at),
-                "converges_at": _iso(change.converges_at),
-                "last_error": change.last_error,
-            }
-            if change.details.get("credit_due") is not None:
-                target_doc["credit_due"] = change.details["credit_due"]
-            convergence = change.status.value
-            try:
-                target = await e.catalog.get(change.plan_key, change.plan_version)
-            except UnknownPlan as exc:
-                convergence = f"unknown plan: {exc}"
-            else:
-                result = plan(
-                    observed,
-                    change.to_desired(),
-                    target,
-                    e.policy,
-                    now,
-                    settled=change.status is ChangeStatus.CONVERGED,
-                )
-                convergence = result.state.value
-                target_doc["pending_actions"] = [a.request().as_dict() for a in result.actions]
-                target_doc["convergence"] = (
-                    convergence_view(result)
-                    if result.convergence is not None
-                    else change.details.get("convergence")
-                )
-        audit = await e.store.list_audit(
-            customer=change.customer if change else customer, limit=audit_limit
-        )
-        cur = observed.current
-        return {
-            "customer": customer,
-            "customer_id": observed.customer_id,
-            "customer_key": observed.customer_key,
-            "observed_at": _iso(now),
-            "plan_on_record": str(cur.plan) if cur and cur.plan else None,
-            "subscription": subscription_view(cur, now),
-            "scheduled_successor": subscription_view(observed.successor, now),
-            "entitlements": values_view(observed.values),
-            "desired": target_doc,
-            "convergence": convergence,
-            "recent_audit": [
-                {
-                    "at": _iso(a.at),
-                    "kind": a.kind.value,
-                    "operation": a.operation,
-                    "method": a.method,
-                    "path": a.path,
-                    "status": a.status,
-                    "detail": a.detail,
-                }
-                for a in audit
-            ],
-        }

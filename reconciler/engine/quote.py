@@ -23,25 +23,15 @@ Usage is "to date": the meter is read up to now, nothing is forecast.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
-from reconciler.domain.actions import EditItems, ScheduleChange, Unschedule
-from reconciler.domain.invoices import Invoiced, InvoicesState, invoiced_for
-from reconciler.domain.model import (
-    Desired,
-    Observed,
-    ObservedSubscription,
-    Plan,
-)
+from reconciler.domain.invoices import Invoiced, InvoicesState
+from reconciler.domain.model import Desired, Observed, ObservedSubscription, Plan
 from reconciler.domain.periods import parse_duration, period_at
-from reconciler.domain.planner import PlanResult, State, plan
+from reconciler.domain.planner import PlanResult, plan
 from reconciler.domain.pricing import (
     ItemVersion,
     PriceError,
@@ -54,16 +44,21 @@ from reconciler.domain.pricing import (
     quote_difference,
     service_window,
 )
-from reconciler.domain.pricing.replay import observed_versions, replay_edit
+from reconciler.domain.pricing.replay import observed_versions
+from reconciler.domain.pricing.scenario import (
+    after_change,
+    needs_usage,
+    split_by_cadence,
+    with_invoiced,
+)
 from reconciler.domain.timefmt import iso_z
-from reconciler.engine.invoices import credit_due_view, read_invoiced
-from reconciler.engine.preview import change_summary
+from reconciler.engine.collaborators import Collaborators
+from reconciler.engine.invoices import read_invoiced
+from reconciler.engine.results import Charges, QuoteReport
+from reconciler.engine.views import credits_of
 from reconciler.openmeter.client import OpenMeterClient
 
-if TYPE_CHECKING:
-    from reconciler.engine.engine import Engine
-
-__all__ = ["QuoteError", "Quoter", "charges_document", "parse_at", "render_quote"]
+__all__ = ["QuoteError", "Quoter", "parse_at"]
 
 Window = tuple[datetime, datetime]
 METER_CONCURRENCY = 8
@@ -91,43 +86,6 @@ def parse_at(value: str | None) -> datetime | None:
             f"--at {value!r} has no time zone; add Z or an offset, e.g. 2026-03-20T12:00:00Z"
         )
     return parsed.astimezone(UTC)
-
-
-# ---------------------------------------------------------------------------------------------
-# Item versions of a subscription in a period
-
-
-def _split_by_cadence(
-    sub: ObservedSubscription, period: Window, items: Iterable[ItemVersion], notes: list[str]
-) -> list[ItemVersion]:
-    """One entry per item version and service period.
-
-    Items billed on the subscription's cadence have one service period in the quoted period.
-    A shorter cadence (``P1W`` items on a ``P1M`` subscription) has several, each with its own
-    full service period. A longer one (``P1Y`` on ``P1M``) is invoiced per its own period,
-    outside a per-period quote, and is left out with a note.
-    """
-    sub_cadence = parse_duration(sub.billing_cadence)
-    out: list[ItemVersion] = []
-    for item in items:
-        if item.billing_cadence is None or item.billing_cadence == sub.billing_cadence:
-            out.append(item)
-            continue
-        cadence = parse_duration(item.billing_cadence)
-        if cadence.approx_seconds() > sub_cadence.approx_seconds():
-            notes.append(
-                f"{item.key}: billed every {item.billing_cadence}, longer than the "
-                f"subscription's {sub.billing_cadence}; not part of this period's quote"
-            )
-            continue
-        start = max(period[0], item.active_from)
-        if item.active_to is not None and item.active_to <= start:
-            continue
-        cur = period_at(sub.billing_anchor, cadence, start)
-        while cur.start < period[1] and (item.active_to is None or cur.start < item.active_to):
-            out.append(replace(item, full_service_period=(cur.start, cur.end)))
-            cur = period_at(sub.billing_anchor, cadence, cur.end)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,13 +132,9 @@ class _Usage:
         return self._values[key]
 
 
-def _needs_usage(item: ItemVersion) -> bool:
-    return item.price is not None and item.price.get("type") != "flat"
-
-
 async def _with_quantities(request: QuoteRequest, usage: _Usage) -> QuoteRequest:
     async def fill(item: ItemVersion) -> ItemVersion:
-        if not _needs_usage(item):
+        if not needs_usage(item):
             return item
         window = service_window(request, item)
         if window is None or window[1] <= window[0]:
@@ -194,90 +148,15 @@ async def _with_quantities(request: QuoteRequest, usage: _Usage) -> QuoteRequest
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering to JSON
-
-
-def _s(d: Decimal | None) -> str | None:
-    return None if d is None else format(d, "f")
-
-
-def quote_json(q: Quote) -> dict[str, Any]:
-    return {
-        "total": _s(q.total),
-        "totals_by_currency": {c: _s(v) for c, v in q.totals_by_currency.items()},
-        "lines": [
-            {
-                "key": ln.key,
-                "name": ln.name,
-                "version": ln.version,
-                "feature_key": ln.feature_key,
-                "period": {"from": iso_z(ln.period_from), "to": iso_z(ln.period_to)},
-                "price_type": ln.price_type,
-                "mode": ln.mode,
-                "payment_term": ln.payment_term,
-                "quantity": _s(ln.quantity),
-                "billed_quantity": _s(ln.billed_quantity),
-                "proration": _s(ln.proration.normalize()) if ln.proration is not None else None,
-                "amount": _s(ln.amount),
-                "breakdown": [
-                    {
-                        "name": c.name,
-                        "reference": c.reference,
-                        "tier": c.tier,
-                        "quantity": _s(c.quantity),
-                        "unit_amount": _s(c.unit_amount),
-                        "amount": _s(c.amount),
-                        "discount": _s(c.discount),
-                        "total": _s(c.total),
-                    }
-                    for c in ln.breakdown
-                ],
-                "notes": list(ln.notes),
-            }
-            for ln in q.lines
-        ],
-        "skipped": list(q.skipped),
-    }
-
-
-def difference_json(d: QuoteDifference) -> dict[str, Any]:
-    return {
-        "total": _s(d.total),
-        "by_item": {k: _s(v) for k, v in sorted(d.by_item.items())},
-        "lines": [
-            {
-                "key": ln.key,
-                "name": ln.name,
-                "period": {"from": iso_z(ln.period_from), "to": iso_z(ln.period_to)},
-                "before": _s(ln.before.amount) if ln.before else None,
-                "after": _s(ln.after.amount) if ln.after else None,
-                "delta": _s(ln.delta),
-            }
-            for ln in d.lines
-        ],
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 # The quoter
 
 
-@dataclass(frozen=True, slots=True)
-class Charges:
-    period: Window
-    currency: str
-    current: Quote
-    with_change: Quote | None
-    difference: QuoteDifference | None
-    notes: tuple[str, ...]
-    versions_after: tuple[ItemVersion, ...] = ()  # the item versions once the change is made
-
-
 class Quoter:
-    """``Quoter(engine).quote(customer, plan_key=..., at=...)`` → the quote document (JSON)."""
+    """``Quoter(collaborators).quote(customer, plan_key=..., at=...)`` → :class:`QuoteReport`
+    (``reconciler.engine.views.quote_json`` is its JSON)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, c: Collaborators) -> None:
+        self.c = c
 
     async def quote(
         self,
@@ -286,8 +165,8 @@ class Quoter:
         plan_key: str | None = None,
         plan_version: int | None = None,
         at: datetime | None = None,
-    ) -> dict[str, Any]:
-        e = self.engine
+    ) -> QuoteReport:
+        e = self.c
         now = await e.clock.now()
         if at is not None and (at.tzinfo is None or at.utcoffset() is None):
             raise QuoteError("at must be timezone-aware")
@@ -306,19 +185,17 @@ class Quoter:
         )
         charges = await self.charges(observed, result, target, when, now=now, invoiced=invoiced)
         assert sub is not None  # charges() raises without one
-        doc: dict[str, Any] = {
-            "customer": observed.customer_key or observed.customer_id,
-            "customer_id": observed.customer_id,
-            "subscription_id": sub.id,
-            "plan": str(sub.plan) if sub.plan else None,
-            "as_of": iso_z(now),
-            "at": iso_z(when),
-            "change": _change_json(result, target) if target is not None else None,
-        }
-        doc.update(charges_document(charges))
-        doc["invoices"] = invoiced.state.value
-        doc["credit_due"] = credit_due_view(sub, charges.versions_after, invoiced)
-        return doc
+        return QuoteReport(
+            observed=observed,
+            subscription=sub,
+            as_of=now,
+            at=when,
+            target=target,
+            result=result,
+            charges=charges,
+            invoiced=invoiced,
+            credit_due=credits_of(sub, charges.versions_after, invoiced),
+        )
 
     async def charges(
         self,
@@ -356,7 +233,7 @@ class Quoter:
                 "a real change takes effect when it is made"
             )
         full = period_at(sub.billing_anchor, parse_duration(sub.billing_cadence), period[0])
-        usage = _Usage(self.engine.client, observed.customer_id)
+        usage = _Usage(self.c.client, observed.customer_id)
         pro_rating = ProRatingConfig(enabled=sub.pro_rating_enabled)
         observed_now = with_invoiced(observed_versions(sub, period), invoiced, period)
         versions_after: list[ItemVersion] = list(observed_now)
@@ -374,7 +251,7 @@ class Quoter:
             with_change: Quote | None = None
             difference: QuoteDifference | None = None
             if result is not None:
-                after = _after_change(sub, period, observed_now, result, at, notes)
+                after = after_change(sub, period, observed_now, result, at, notes)
                 if after is not None:
                     versions, sub_end = after
                     versions_after = versions
@@ -391,7 +268,7 @@ class Quoter:
                     difference = quote_difference(current, with_change)
         except (PriceError, UnknownCurrencyError) as exc:
             raise QuoteError(f"cannot price subscription {sub.id}: {exc}") from exc
-        if any(_needs_usage(i) for i in observed_versions(sub, period)):
+        if any(needs_usage(i) for i in observed_versions(sub, period)):
             notes.append(f"usage is metered up to now ({iso_z(now)}); future usage is not forecast")
         if (invoiced is None or invoiced.state is not InvoicesState.READ) and any(
             ln.payment_term == "in_advance" and ln.proration is not None
@@ -441,172 +318,8 @@ class Quoter:
             currency=sub.currency,
             period=period,
             full_period=full,
-            items=tuple(_split_by_cadence(sub, period, versions, notes)),
+            items=tuple(split_by_cadence(sub, period, versions, notes)),
             subscription_end=sub_end,
             pro_rating=pro_rating,
         )
         return build_quote(await _with_quantities(request, usage))
-
-
-def with_invoiced(
-    versions: Sequence[ItemVersion], invoiced: Invoiced | None, period: Window
-) -> list[ItemVersion]:
-    """``versions`` with ``invoiced_amount`` set where OpenMeter already issued the version's
-    in-advance fee for a service period starting in ``period`` (an issued invoice cannot change,
-    so that is what the customer pays for it)."""
-    if invoiced is None or invoiced.state is not InvoicesState.READ:
-        return list(versions)
-    issued = [
-        ln
-        for ln in invoiced.lines
-        if ln.immutable
-        and ln.price_type == "flat"
-        and (ln.payment_term or "in_advance") == "in_advance"
-        and period[0] <= ln.period[0] < period[1]
-    ]
-    out: list[ItemVersion] = []
-    for v in versions:
-        amounts = [
-            ln.amount
-            for ln in issued
-            if invoiced_for(
-                ln.item_id, ln.name, ln.period[0], v.item_id, v.name, v.active_from, v.active_to
-            )
-        ]
-        out.append(replace(v, invoiced_amount=sum(amounts, Decimal(0))) if amounts else v)
-    return out
-
-
-def _after_change(
-    sub: ObservedSubscription,
-    period: Window,
-    observed_now: Sequence[ItemVersion],
-    result: PlanResult,
-    at: datetime,
-    notes: list[str],
-) -> tuple[list[ItemVersion], datetime | None] | None:
-    """Item versions and subscription end of the current subscription after ``result``."""
-    if result.state is State.REFUSED:
-        notes.append(f"the change is refused: {result.refusal or result.reason}")
-        return None
-    versions = list(observed_now)
-    sub_end = sub.active_to
-    for action in result.actions:
-        if isinstance(action, Unschedule):
-            sub_end = None
-        elif isinstance(action, EditItems):
-            versions = replay_edit(versions, action, sub, at)
-        elif isinstance(action, ScheduleChange):
-            boundary = result.converges_at or period[1]
-            sub_end = boundary
-    if result.timing is not None and result.timing.value == "next_billing_cycle":
-        notes.append(
-            f"the change takes effect at the next billing cycle ({iso_z(result.effective_at)}); "
-            "this period's items are unchanged"
-        )
-    return versions, sub_end
-
-
-def _change_json(result: PlanResult | None, target: Plan) -> dict[str, Any] | None:
-    if result is None:
-        return None
-    return {
-        **change_summary(result, target),
-        "actions": [a.kind for a in result.actions],
-        "refusal": result.refusal,
-    }
-
-
-def charges_document(c: Charges) -> dict[str, Any]:
-    """``{period, currency, current, with_change, difference, notes}`` with string amounts."""
-    return {
-        "period": {"from": iso_z(c.period[0]), "to": iso_z(c.period[1])},
-        "currency": c.currency,
-        "current": quote_json(c.current),
-        "with_change": quote_json(c.with_change) if c.with_change is not None else None,
-        "difference": difference_json(c.difference) if c.difference is not None else None,
-        "notes": list(c.notes),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Console rendering
-
-
-def _short(iso: str | None) -> str:
-    """``2026-04-10T08:30:45Z`` → ``2026-04-10 08:30:45`` for tables (JSON keeps RFC 3339)."""
-    if not iso:
-        return "-"
-    return iso.replace("T", " ").removesuffix("Z")[:19]
-
-
-def _pct(ratio: str | None) -> str:
-    return "-" if ratio is None else f"{Decimal(ratio) * 100:.2f} %"
-
-
-def _lines_table(title: str, q: Mapping[str, Any], currency: str) -> Table:
-    t = Table(title=title)
-    for col in ("item", "v", "service period", "price", "quantity", "proration", "amount"):
-        t.add_column(col, justify="right" if col in ("quantity", "amount") else "left")
-    for ln in q["lines"]:
-        price = ln["price_type"] + (f" ({ln['mode']})" if ln.get("mode") else "")
-        if ln["payment_term"] == "in_advance":
-            price += ", in advance"
-        t.add_row(
-            ln["key"],
-            "-" if ln["version"] is None else str(ln["version"]),
-            f"{_short(ln['period']['from'])} → {_short(ln['period']['to'])}",
-            price,
-            ln["quantity"] or "-",
-            _pct(ln["proration"]),
-            ln["amount"],
-        )
-    t.add_row("[bold]total[/bold]", "", "", "", "", "", f"[bold]{q['total']} {currency}[/bold]")
-    return t
-
-
-def render_quote(console: Console, doc: Mapping[str, Any]) -> None:
-    """Print a quote document (``Quoter.quote``) as rich tables."""
-    cur = doc["currency"]
-    console.print(
-        f"[bold]{doc['customer']}[/bold] on {doc.get('plan') or 'no plan'}: billing period "
-        f"{doc['period']['from']} → {doc['period']['to']} ({cur})"
-    )
-    console.print(_lines_table("Current charges", doc["current"], cur))
-    for s in doc["current"].get("skipped", []):
-        console.print(f"  [dim]not billed: {s}[/dim]")
-    change = doc.get("change")
-    if change:
-        console.print(
-            f"change to {change['target']['key']}@v{change['target']['version']}: "
-            f"[cyan]{change['direction']}[/cyan], timing {change['timing']}, "
-            f"effective {change['effective_at']}"
-        )
-    if doc.get("with_change"):
-        console.print(_lines_table("With the change", doc["with_change"], cur))
-    diff = doc.get("difference")
-    if diff:
-        t = Table(title="Difference")
-        for col in ("item", "service period", "before", "after", "delta"):
-            t.add_column(col, justify="left" if col in ("item", "service period") else "right")
-        for ln in diff["lines"]:
-            t.add_row(
-                ln["key"],
-                f"{_short(ln['period']['from'])} → {_short(ln['period']['to'])}",
-                ln["before"] or "-",
-                ln["after"] or "-",
-                ln["delta"],
-            )
-        t.add_row("[bold]total[/bold]", "", "", "", f"[bold]{diff['total']} {cur}[/bold]")
-        console.print(t)
-    due = doc.get("credit_due")
-    if due and due["invoices"] != "read":
-        console.print(f"invoices: {due['invoices']}")
-    for c in (due or {}).get("credits", []):
-        console.print(
-            f"[yellow]credit due:[/yellow] {c['amount']} {c['currency']} for {c['item']} "
-            f"{_short(c['period']['from'])} → {_short(c['period']['to'])}: invoiced "
-            f"{c['invoiced']} on an issued invoice, {c['due']} due after the change"
-        )
-    for n in doc.get("notes", []):
-        console.print(f"[yellow]note:[/yellow] {n}")

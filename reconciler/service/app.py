@@ -22,7 +22,7 @@ import contextlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,9 +36,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from reconciler.domain.timefmt import iso_z
+from reconciler.engine import ChangeRequest, IdempotencyConflict, QuoteError, parse_at, submit
 from reconciler.engine.catalog import UnknownPlan
 from reconciler.engine.pacing import Pacer
-from reconciler.engine.quote import QuoteError, Quoter, parse_at
+from reconciler.engine.views import preview_json, quote_json, status_json
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter.errors import NotFound, OpenMeterError
 from reconciler.runtime import Runtime, open_runtime
@@ -383,13 +384,19 @@ def _change_body(change: ChangeRecord, req: wh.PlanChange) -> dict[str, Any]:
     }
 
 
-def _same_request(change: ChangeRecord, req: wh.PlanChange) -> bool:
-    return (
-        change.customer == req.customer
-        and change.plan_key == req.plan
-        and (req.plan_version is None or change.plan_version == req.plan_version)
-        and (req.requested_at is None or change.requested_at == req.requested_at)
-    )
+@contextlib.contextmanager
+def engine_problems() -> Iterator[None]:
+    """What the engine's read side raises, as problems: one mapping for every admin route."""
+    try:
+        yield
+    except UnknownPlan as exc:
+        raise ProblemError(422, f"unknown plan: {exc}", kind="unknown-plan") from exc
+    except QuoteError as exc:
+        raise ProblemError(422, str(exc), kind="invalid") from exc
+    except NotFound as exc:
+        raise ProblemError(404, f"OpenMeter: {exc.detail}", kind="not-found") from exc
+    except OpenMeterError as exc:
+        raise ProblemError(502, f"OpenMeter error: {exc}", kind="openmeter") from exc
 
 
 async def _store_change(
@@ -400,39 +407,20 @@ async def _store_change(
 ) -> tuple[SubmitResult, int, dict[str, Any]]:
     rt = svc.rt()
     worker = svc.work()
-    now = await rt.clock.now()
-    requested = req.requested_at or now
-    result = await rt.store.submit_change(
-        req.customer, req.plan, req.plan_version, requested, source, source_id, now
-    )
-    change = result.change
-    if not result.created and not _same_request(change, req):
+    request = ChangeRequest(req.customer, req.plan, req.plan_version, req.requested_at)
+    try:
+        result = await submit(rt.store, rt.clock, request, source, source_id, wake=worker.kick)
+    except IdempotencyConflict as exc:
+        # 409: the id was used before for a different request (not malformed)
         raise ProblemError(
-            409,
-            f"{'webhook-id' if source is ChangeSource.WEBHOOK else 'Idempotency-Key'} "
-            f"{source_id!r} was already used for a different request (change {change.id})",
-            kind="conflict",
-            extra={"change_id": change.id},
-        )
+            409, str(exc), kind="conflict", extra={"change_id": exc.change.id}
+        ) from exc
+    change = result.change
     # The version as requested (the engine records the resolved one), the time as stored.
     body = _change_body(
         change, wh.PlanChange(req.customer, req.plan, req.plan_version, change.requested_at)
     )
-    if not result.created:
-        return result, 200, body
-    with bound(customer=change.customer, change=change.id):
-        log.info(
-            "change_request_stored",
-            source=source.value,
-            plan=change.plan_key,
-            plan_version=change.plan_version,
-            requested_at=iso_z(change.requested_at),
-            status=change.status.value,
-            superseded=list(result.superseded_ids),
-        )
-    if change.status is not ChangeStatus.SUPERSEDED:
-        worker.kick(change.customer)
-    return result, 202, body
+    return result, 202 if result.created else 200, body
 
 
 async def portal_webhook(svc: Service, request: Request) -> Response:
@@ -505,14 +493,9 @@ async def _portal_webhook(svc: Service, request: Request, pacer: Pacer | None) -
 
 async def customer_status(svc: Service, request: Request) -> Response:
     customer = wh.check_customer(request.path_params["customer"], "path customer")
-    rt = svc.rt()
-    try:
-        doc = await rt.queries.status(customer)
-    except NotFound as exc:
-        raise ProblemError(404, f"OpenMeter: {exc.detail}", kind="not-found") from exc
-    except OpenMeterError as exc:
-        raise ProblemError(502, f"OpenMeter error: {exc}", kind="openmeter") from exc
-    return JSON(doc)
+    with engine_problems():
+        report = await svc.rt().queries.status(customer)
+    return JSON(status_json(report))
 
 
 async def customer_quote(svc: Service, request: Request) -> Response:
@@ -533,18 +516,9 @@ async def customer_quote(svc: Service, request: Request) -> Response:
         at = parse_at(q.get("at"))
     except ValueError as exc:
         raise ProblemError(400, f"query at: {exc}", kind="invalid") from exc
-    rt = svc.rt()
-    try:
-        doc = await Quoter(rt.engine).quote(customer, plan_key=plan, plan_version=version, at=at)
-    except UnknownPlan as exc:
-        raise ProblemError(422, f"unknown plan: {exc}", kind="unknown-plan") from exc
-    except QuoteError as exc:
-        raise ProblemError(422, str(exc), kind="invalid") from exc
-    except NotFound as exc:
-        raise ProblemError(404, f"OpenMeter: {exc.detail}", kind="not-found") from exc
-    except OpenMeterError as exc:
-        raise ProblemError(502, f"OpenMeter error: {exc}", kind="openmeter") from exc
-    return JSON(doc)
+    with engine_problems():
+        report = await svc.rt().quoter.quote(customer, plan_key=plan, plan_version=version, at=at)
+    return JSON(quote_json(report))
 
 
 async def plan_change(svc: Service, request: Request) -> Response:
@@ -560,15 +534,9 @@ async def plan_change(svc: Service, request: Request) -> Response:
         raise ProblemError(400, "field dry_run: must be true or false", kind="invalid")
     rt = svc.rt()
     if dry_run:
-        try:
+        with engine_problems():
             preview = await rt.queries.preview(customer, plan, version)
-        except UnknownPlan as exc:
-            raise ProblemError(422, f"unknown plan: {exc}", kind="unknown-plan") from exc
-        except NotFound as exc:
-            raise ProblemError(404, f"OpenMeter: {exc.detail}", kind="not-found") from exc
-        except OpenMeterError as exc:
-            raise ProblemError(502, f"OpenMeter error: {exc}", kind="openmeter") from exc
-        return JSON(preview)
+        return JSON(preview_json(preview))
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key.strip()) <= IDEMPOTENCY_KEY_MAX):
         raise ProblemError(

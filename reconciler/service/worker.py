@@ -34,6 +34,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from reconciler.domain.drift import NO_SUBSCRIPTION, ObservedMark, mark_of, subscription_token
+from reconciler.engine import OutcomeState, adopt
 from reconciler.engine.observe import pick
 from reconciler.engine.pacing import background
 from reconciler.events import EventDeliverer
@@ -428,8 +429,8 @@ class Worker:
                     )
                 return "error"
             self._backoff.pop(customer, None)
-            self.metrics.reconciles.labels(trigger, outcome.state).inc()
-            if outcome.state == "busy":
+            self.metrics.reconciles.labels(trigger, outcome.state.value).inc()
+            if outcome.state is OutcomeState.BUSY:
                 with bound(customer=customer):
                     log.debug("reconcile_busy", trigger=trigger)
             else:
@@ -437,12 +438,12 @@ class Worker:
                     log.info(
                         "reconcile_done",
                         trigger=trigger,
-                        state=outcome.state,
+                        state=outcome.state.value,
                         status=outcome.status,
-                        applied=[a["action"] for a in outcome.applied],
+                        applied=[a.action for a in outcome.applied],
                         error=outcome.error,
                     )
-            return outcome.state
+            return outcome.state.value
 
     async def reconcile(self, customer: str, trigger: str = "admin") -> str | None:
         """Reconcile one customer now (joins a reconcile already running for it)."""
@@ -610,7 +611,7 @@ class Worker:
                 if change is None:
                     ref = cust.key or cust.id
                     try:
-                        adopted = await self.rt.engine.adopt(ref)
+                        adopted = await adopt(self.rt.collaborators, ref)
                     except Exception as exc:
                         with bound(customer=ref):
                             log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
 from reconciler.emulator.server import EmulatorServer
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.settings import Settings

@@ -5,7 +5,7 @@ from typing import Any
 
 import httpx
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
 
 
 async def mutations(control: httpx.AsyncClient) -> list[tuple[str, str]]:

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
 from reconciler.domain.addons import AddonMode
 from reconciler.domain.policy import Policy
 from reconciler.emulator.server import EmulatorServer
-from reconciler.engine.engine import Queries
+from reconciler.engine.views import preview_json
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import AuditKind
 
@@ -73,7 +73,7 @@ async def test_upgrade_with_addon_is_refused_by_default(
 ) -> None:
     sub_id = await _with_addon(story, control, used=1000)
     assert await story.value() == (1000, 649_000)  # 550,000 + 100,000 from the add-on
-    preview = await Queries(rt.engine).preview("acme", "pro")
+    preview = preview_json(await rt.queries.preview("acme", "pro"))
     assert preview["state"] == "refused" and preview["actions"] == []
     assert "has add-ons (extra_credits)" in preview["refusal"]
     (await control.delete("/_emulator/requests")).raise_for_status()
@@ -113,7 +113,7 @@ async def test_upgrade_with_addon_changes_now_and_resets_usage_when_policy_allow
 ) -> None:
     story = Story(rt_change, control)
     sub_id = await _with_addon(story, control, used=1000)
-    preview = await Queries(rt_change.engine).preview("acme", "pro")
+    preview = preview_json(await rt_change.queries.preview("acme", "pro"))
     assert [(a["method"], a["body"]["timing"]) for a in preview["actions"]] == [
         ("POST", "immediate")
     ]

@@ -26,9 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
+from reconciler.cli.render import print_quote
 from reconciler.domain.periods import parse_duration, period_at
-from reconciler.engine.quote import Quoter, render_quote
+from reconciler.engine.views import quote_json, status_json
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import ChangeStatus
 from tests.plans import billed as billed_for
@@ -105,7 +106,8 @@ async def test_upgrade_on_april_16_is_billed_as_quoted(
         customer_id = await _setup(story, billed, profile)
 
         # The quote says what April's base fee will cost, and what is owed back.
-        quote = await Quoter(rt.engine).quote(story.customer, plan_key="pro")
+        report = await rt.quoter.quote(story.customer, plan_key="pro")
+        quote = quote_json(report)
         fees = [ln for ln in quote["with_change"]["lines"] if ln["key"] == "base_fee"]
         assert sum(Decimal(ln["amount"]) for ln in fees) == Decimal(quoted)
         assert quote["invoices"] == "read"
@@ -125,10 +127,10 @@ async def test_upgrade_on_april_16_is_billed_as_quoted(
         events, _ = await rt.store.list_events()
         [applied] = [e for e in events if e.type == "plan_change.applied"]
         assert applied.payload["credit_due"] == due
-        status = await rt.queries.status(story.customer)
+        status = status_json(await rt.queries.status(story.customer))
         assert status["desired"]["credit_due"] == due
         console = Console(record=True, width=240)
-        render_quote(console, quote)
+        print_quote(console, report)
         text = console.export_text()
         if credit is not None:
             assert f"credit due: {credit} USD for base_fee" in text
@@ -176,7 +178,8 @@ async def test_without_billing_the_quote_and_event_say_no_invoices(
         await story.set_clock(APRIL)
         await story.onboard("starter", APRIL)
         await story.set_clock(UPGRADE)
-        quote = await Quoter(rt.engine).quote(story.customer, plan_key="pro")
+        report = await rt.quoter.quote(story.customer, plan_key="pro")
+        quote = quote_json(report)
         assert quote["invoices"] == "no invoices"
         assert quote["credit_due"] == {"invoices": "no invoices", "credits": [], "total": {}}
         assert any("still a draft" in n for n in quote["notes"])
@@ -233,7 +236,8 @@ async def _quote_then_bill(
         p0, p1 = first.start, first.end
         at = p0 + timedelta(minutes=int((p1 - p0).total_seconds() * fraction / 60))
         await story.set_clock(at)
-        quote = await Quoter(rt.engine).quote(story.customer, plan_key="pro")
+        report = await rt.quoter.quote(story.customer, plan_key="pro")
+        quote = quote_json(report)
         quoted = sum((Decimal(ln["amount"]) for ln in quote["with_change"]["lines"]), Decimal(0))
         await story.change("pro")
         await story.set_clock(p1 + timedelta(minutes=1))

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import yaml
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
 from reconciler.domain.actions import Action
 from reconciler.emulator.server import EmulatorServer
 from reconciler.engine import Engine
-from reconciler.engine.quote import Quoter
+from reconciler.engine.views import preview_json, quote_json, status_json
 from reconciler.runtime import Runtime, open_runtime
 
 from .conftest import DEMO, START, make_settings
@@ -65,7 +65,7 @@ async def test_upgrade_edits_now_and_converges_the_record_a_period_later(
     assert applied.payload["converges_at"] == B2.isoformat()
     assert applied.payload["convergence"]["reason"] == REASON
 
-    status = await rt.queries.status("acme")
+    status = status_json(await rt.queries.status("acme"))
     assert status["convergence"] == "waiting"
     assert status["desired"]["convergence"]["reason"] == REASON
     assert status["desired"]["pending_actions"] == []
@@ -79,7 +79,7 @@ async def test_upgrade_edits_now_and_converges_the_record_a_period_later(
     await story.set_clock(B1 + timedelta(minutes=1))
     out = await story.reconcile()
     assert out.status == "applied"
-    assert [a["action"] for a in out.applied] == ["schedule_change"]
+    assert [a.action for a in out.applied] == ["schedule_change"]
     assert await story.value() == (0, 550_000)
     cur, succ = await story.subs()
     assert plan_key(cur) == "free" and cur.active_to == B2
@@ -127,7 +127,7 @@ async def test_downgrade_in_the_deferred_window_is_scheduled_and_its_cost_shown(
 ) -> None:
     await onboard(story, "free", START, used=3)
     await story.change("starter")
-    doc = await Quoter(rt.engine).quote("acme", plan_key="free")
+    doc = quote_json(await rt.quoter.quote("acme", plan_key="free"))
     assert doc["change"]["timing"] == "next_billing_cycle"
     assert doc["change"]["actions"] == ["schedule_change"]
     fee = [ln for ln in doc["with_change"]["lines"] if ln["key"] == "platform_fee"]
@@ -165,7 +165,7 @@ async def test_asking_again_for_the_effective_plan_converges_when_safe(
     change = await _stored(rt)
     assert change.converges_at == B2 and change.details["convergence"]["deferred"] is True
     await story.set_clock(B1 + timedelta(minutes=1))
-    assert [a["action"] for a in (await story.reconcile()).applied] == ["schedule_change"]
+    assert [a.action for a in (await story.reconcile()).applied] == ["schedule_change"]
     await story.set_clock(B2 + timedelta(minutes=1))
     assert (await story.reconcile()).status == "converged"
     cur, _ = await story.subs()
@@ -175,7 +175,7 @@ async def test_asking_again_for_the_effective_plan_converges_when_safe(
 
 async def test_dry_run_preview_says_when_and_why(story: Story, rt: Runtime) -> None:
     await onboard(story, "free", START, used=3)
-    doc = await rt.queries.preview("acme", "starter")
+    doc = preview_json(await rt.queries.preview("acme", "starter"))
     assert [a["method"] for a in doc["actions"]] == ["PATCH"]
     assert doc["converges_at"] == "2026-03-15T10:00:00Z"
     assert doc["convergence"]["reason"] == REASON
@@ -197,9 +197,7 @@ def _crash_after_first(kind: str) -> Callable[[Action], Awaitable[None]]:
 
 async def _crash_at(rt: Runtime, kind: str) -> None:
     """A pass of an engine killed right after its first ``kind`` mutation."""
-    crashing = Engine(
-        rt.client, rt.store, rt.policy, rt.clock, after_action=_crash_after_first(kind)
-    )
+    crashing = Engine(rt.collaborators, after_action=_crash_after_first(kind))
     with pytest.raises(Crash):
         await crashing.reconcile("acme")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
 from reconciler.domain.actions import Action
 from reconciler.emulator.server import EmulatorServer
 from reconciler.engine import Engine
@@ -131,7 +131,7 @@ async def test_crash_after_each_mutation_then_restart(
     async with open_runtime(settings) as rt:
         story = Story(rt, control)
         await _prepare(story, sc)
-        crashing = Engine(rt.client, rt.store, rt.policy, rt.clock, after_action=_crash_after(k))
+        crashing = Engine(rt.collaborators, after_action=_crash_after(k))
         await story.request(sc.target)
         with pytest.raises(Crash):
             await crashing.reconcile("acme")

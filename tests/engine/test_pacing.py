@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.demo import Story
-from reconciler.engine import Engine
+from reconciler.cli.demo import Story
+from reconciler.engine import Collaborators, Engine
 from reconciler.engine.pacing import Pacer, background
 from reconciler.runtime import Runtime
 
@@ -102,7 +102,9 @@ async def test_a_reconcile_makes_way_for_a_webhook_in_flight(
     nothing while a webhook is being handled, then does the whole upgrade."""
     await onboard(story, "free", START, used=3)
     await story.request("starter")
-    engine = Engine(rt.client, rt.store, rt.policy, rt.clock, pacer=Pacer(max_hold=5.0))
+    engine = Engine(
+        Collaborators.build(rt.client, rt.store, rt.policy, rt.clock, pacer=Pacer(max_hold=5.0))
+    )
 
     async def work() -> Any:
         with background():

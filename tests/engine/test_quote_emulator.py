@@ -18,10 +18,12 @@ import httpx
 import pytest
 from rich.console import Console
 
+from reconciler.cli.render import print_quote
 from reconciler.domain.policy import Policy
 from reconciler.emulator.server import EmulatorServer
-from reconciler.engine import Engine, HttpClock, Queries
-from reconciler.engine.quote import QuoteError, Quoter, parse_at, render_quote
+from reconciler.engine import Collaborators, Engine, HttpClock, Queries, QuoteReport
+from reconciler.engine.quote import QuoteError, Quoter, parse_at
+from reconciler.engine.views import preview_json, quote_json
 from reconciler.openmeter.client import OpenMeterClient
 from reconciler.store import Store
 from reconciler.store.types import ChangeSource
@@ -105,13 +107,25 @@ def prorated(amount: str, start: datetime, end: datetime) -> Decimal:
     )
 
 
+class JsonQuoter:
+    """The quoter as the admin API and ``quote --json`` show it; ``last``: the typed report."""
+
+    def __init__(self, quoter: Quoter) -> None:
+        self.quoter = quoter
+        self.last: QuoteReport | None = None
+
+    async def quote(self, customer: str, **kw: Any) -> dict[str, Any]:
+        self.last = await self.quoter.quote(customer, **kw)
+        return quote_json(self.last)
+
+
 @dataclass
 class World:
     emu: EmulatorServer
     http: httpx.AsyncClient
     engine: Engine
     store: Store
-    quoter: Quoter
+    quoter: JsonQuoter
 
     async def post(self, path: str, body: Any, expect: int = 200) -> Any:
         r = await self.http.post(path, json=body)
@@ -165,8 +179,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             OpenMeterClient(emu.url) as client,
             httpx.AsyncClient(base_url=emu.url) as http,
         ):
-            engine = Engine(client, store, Policy.from_yaml(POLICY), clock)
-            w = World(emu, http, engine, store, Quoter(engine))
+            collab = Collaborators.build(client, store, Policy.from_yaml(POLICY), clock)
+            w = World(emu, http, Engine(collab), store, JsonQuoter(Quoter(collab)))
             await w.plan(flat_plan("basic", "30", "0.01", 1000))
             await w.plan(flat_plan("plus", "90", "0.005", 10000))
             await w.plan(volume_plan())
@@ -221,7 +235,8 @@ async def test_mid_period_upgrade_quoted_before_and_after(world: World) -> None:
     assert what_if["with_change"]["total"] == str(Decimal("7.50") + fee_a + fee_b)
     assert not any("does not prorate" in n for n in what_if["notes"])  # sub-second anchor
     console = Console(record=True, width=160)
-    render_quote(console, what_if)
+    assert world.quoter.last is not None
+    print_quote(console, world.quoter.last)
     text = console.export_text()
     assert "Current charges" in text and "With the change" in text and "Difference" in text
     assert f"{what_if['difference']['total']} USD" in text
@@ -286,7 +301,8 @@ async def test_whole_second_anchor_is_not_prorated_after_the_scheduled_record_ch
     ] == [("platform_fee", "45.00", "90.00")]
 
     eager = Policy.from_yaml(POLICY + "  plan_record: next_boundary\n")
-    quoter = Quoter(Engine(world.engine.client, world.store, eager, world.engine.clock))
+    e = world.engine
+    quoter = JsonQuoter(Quoter(Collaborators.build(e.client, world.store, eager, e.clock)))
     what_if = await quoter.quote("whole", plan_key="plus")
     fees = [ln for ln in what_if["with_change"]["lines"] if ln["key"] == "platform_fee"]
     assert [(f["version"], f["amount"], f["proration"]) for f in fees] == [
@@ -347,11 +363,12 @@ async def test_volume_tiers_at_several_usage_levels(
 async def test_volume_ladder_restarts_with_each_version(world: World) -> None:
     """Quoted upgrade from basic to volume: the volume line only counts usage after the edit."""
     policy = Policy.from_yaml("ladder: [basic, volume]\ndefaults: {upgrade: immediate}\n")
-    world.engine.policy = policy
+    e = world.engine
+    quoter = JsonQuoter(Quoter(Collaborators.build(e.client, world.store, policy, e.clock)))
     await world.customer("mix", "basic")
     await world.ingest("mix", 3000, T0 + timedelta(days=1), "m1")
     await world.set_time(T0 + timedelta(days=15))
-    doc = await world.quoter.quote("mix", plan_key="volume")
+    doc = await quoter.quote("mix", plan_key="volume")
     new = [ln for ln in doc["with_change"]["lines"] if ln["price_type"] == "tiered"]
     assert [(ln["version"], ln["quantity"], ln["amount"]) for ln in new] == [(1, "0", "5.00")]
 
@@ -381,7 +398,7 @@ async def test_at_and_errors(world: World) -> None:
 async def test_preview_has_charges(world: World) -> None:
     await world.customer("acme", "basic")
     await world.set_time(T0 + timedelta(days=15))
-    doc = await Queries(world.engine).preview("acme", "plus")
+    doc = preview_json(await Queries(world.engine.c).preview("acme", "plus"))
     charges = doc["charges"]
     assert charges["current"]["total"] == "30.00"
     assert charges["with_change"]["total"] == "60.00"  # 15.00 + 45.00 + no usage

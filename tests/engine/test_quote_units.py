@@ -18,7 +18,8 @@ from reconciler.domain.model import (
 )
 from reconciler.domain.pricing import ItemVersion, ProRatingConfig, QuoteRequest, build_quote
 from reconciler.domain.pricing.replay import replay_edit
-from reconciler.engine.quote import _split_by_cadence, _Usage, _with_quantities
+from reconciler.domain.pricing.scenario import split_by_cadence
+from reconciler.engine.quote import _Usage, _with_quantities
 
 S = datetime(2026, 3, 1, tzinfo=UTC)
 E = datetime(2026, 4, 1, tzinfo=UTC)
@@ -113,7 +114,7 @@ def test_shorter_cadence_gives_one_line_per_service_period() -> None:
     yearly = item("annual", {"type": "flat", "amount": "1200"}, S, cadence="P1Y")
     notes: list[str] = []
     s = sub(weekly, yearly)
-    split = _split_by_cadence(
+    split = split_by_cadence(
         s, (S, E), [ItemVersion.from_observed(i) for i in (weekly, yearly)], notes
     )
     assert [v.full_service_period for v in split] == [

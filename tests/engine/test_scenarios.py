@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
 from reconciler.domain.model import META_CHANGE, META_PLAN
 from reconciler.emulator.server import EmulatorServer
+from reconciler.engine import adopt
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.store.types import AuditKind
 
@@ -210,7 +211,7 @@ async def test_lost_database_is_rebuilt_from_openmeter_tags(
     )
     async with open_runtime(fresh_settings) as fresh:
         assert await fresh.store.desired_for("acme") is None
-        adopted = await fresh.engine.adopt("acme")
+        adopted = await adopt(fresh.collaborators, "acme")
         assert adopted is not None and adopted.plan_key == "starter" and adopted.plan_version == 1
         out = await fresh.engine.reconcile("acme")
         assert out.status == "applied" and out.applied == []
@@ -229,7 +230,7 @@ async def test_drift_by_hand_is_healed(
     await rt.client.unschedule_cancelation(cur.id)
     out = await story.reconcile()
     assert out.status == "applied"
-    assert [a["action"] for a in out.applied] == ["schedule_change"]
+    assert [a.action for a in out.applied] == ["schedule_change"]
     _, succ = await story.subs()
     assert plan_key(succ) == "starter"
 
@@ -250,7 +251,7 @@ async def test_usage_lost_by_an_edit_is_detected_and_not_retried(
         nonlocal edited
         edited = edited or action.kind == "edit_items"
 
-    engine = Engine(rt.client, rt.store, rt.policy, rt.clock, after_action=after)
+    engine = Engine(rt.collaborators, after_action=after)
     real_values = engine.observer.values
 
     async def values(customer_id: str, features: object) -> dict[str, object]:
@@ -325,10 +326,10 @@ async def test_multi_phase_upgrade_edits_the_current_phase_and_keeps_it_at_the_b
         (await control.delete("/_emulator/requests")).raise_for_status()
         out = await story.change("business")
         assert out.status == "applied"
-        patch = next(a for a in out.applied if a["action"] == "edit_items")
-        assert {op["phaseKey"] for op in patch["body"]["customizations"]} == {"paid"}
-        change = next(a for a in out.applied if a["action"] == "schedule_change")
-        assert change["body"]["startingPhase"] == "paid"  # no second trial after the boundary
+        patch = next(a for a in out.applied if a.action == "edit_items")
+        assert {op["phaseKey"] for op in patch.body["customizations"]} == {"paid"}
+        change = next(a for a in out.applied if a.action == "schedule_change")
+        assert change.body["startingPhase"] == "paid"  # no second trial after the boundary
         # The paid phase started on day 14, inside this usage period: usage counts from then.
         assert await story.value() == (50_000, 1_950_000)
         change_rec = await rt.store.desired_for("acme")
@@ -368,14 +369,14 @@ async def test_hand_scheduled_successor_on_converged_customer_is_undone_even_aft
         await rt.client.change_subscription(
             cur.id, {"timing": "next_billing_cycle", "plan": {"key": "free"}}
         )
-        crashing = Engine(rt.client, rt.store, rt.policy, rt.clock, after_action=crash_after_delete)
+        crashing = Engine(rt.collaborators, after_action=crash_after_delete)
         with pytest.raises(Crash):
             await crashing.reconcile("acme")
     async with open_runtime(settings) as rt:
         story = Story(rt, control)
         out = await story.reconcile()
         assert out.status == "converged"
-        assert [a["action"] for a in out.applied] == ["unschedule_cancelation"]
+        assert [a.action for a in out.applied] == ["unschedule_cancelation"]
         cur, succ = await story.subs()
         assert cur.status == "active" and cur.active_to is None and succ is None
         change = await rt.store.desired_for("acme")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.demo import Story
+from reconciler.cli.demo import Story
 from reconciler.domain.actions import Action
 from reconciler.engine import Engine
 from reconciler.runtime import Runtime
@@ -138,13 +138,13 @@ async def test_a_cancelation_made_right_after_our_edit_is_seen_in_full(
                 cur.id, {"timing": "next_billing_cycle", "plan": {"key": "pro"}}
             )
 
-    engine = Engine(rt.client, rt.store, rt.policy, rt.clock, after_action=outsider)
+    engine = Engine(rt.collaborators, after_action=outsider)
     await story.request("starter")
     out = await engine.reconcile("acme")
 
     # The full observation found the outsider's successor (pro) and replaced it with ours.
     assert out.status == "applied"
-    assert [a["action"] for a in out.applied] == [
+    assert [a.action for a in out.applied] == [
         "edit_items",
         "delete_scheduled",
         "unschedule_cancelation",

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reconciler import __version__
+from reconciler.cli.render import print_change, print_quote, print_status
 from reconciler.domain.policy import PolicyError
 from reconciler.logs import configure_logging
 from reconciler.settings import Settings, load_settings
@@ -147,72 +148,6 @@ def _print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def _entitlement_table(doc: dict[str, Any]) -> Table:
-    t = Table(title="Entitlements", show_lines=False)
-    for col in ("feature", "before usage/balance", "after usage/balance", "at boundary"):
-        t.add_column(col)
-    for feature, e in doc.get("entitlements", {}).items():
-        b, a, nb = e.get("before") or {}, e.get("after") or {}, e.get("at_boundary") or {}
-        t.add_row(
-            feature,
-            f"{_fmt(b.get('usage'))} / {_fmt(b.get('balance'))}",
-            f"{_fmt(a.get('usage'))} / {_fmt(a.get('balance'))}",
-            f"{_fmt(nb.get('usage'))} / {_fmt(nb.get('balance'))}" if nb else "-",
-        )
-    return t
-
-
-def _print_credit(due: dict[str, Any] | None) -> None:
-    """``credit due: 75.00 USD`` per issued fee an edit shortened, or why nothing is known."""
-    if not due:
-        return
-    if due["invoices"] != "read":
-        out.print(f"credit due: unknown ({due['invoices']})")
-        return
-    for c in due["credits"]:
-        out.print(
-            f"[yellow]credit due:[/yellow] {c['amount']} {c['currency']} for {c['item']} "
-            f"{c['period']['from']} → {c['period']['to']} (invoiced {c['invoiced']}, "
-            f"due {c['due']}; invoice {c['invoice_id']})"
-        )
-
-
-def _print_change(doc: dict[str, Any]) -> None:
-    out.print(
-        f"[bold]{doc.get('customer')}[/bold]: {doc.get('from_plan') or 'no plan'} -> "
-        f"{doc['target']['key']}@v{doc['target']['version']}  "
-        f"[cyan]{doc['direction']}[/cyan], timing {doc['timing']} (rule: {doc.get('rule')})"
-    )
-    out.print(f"effective at {doc.get('effective_at')}, converges at {doc.get('converges_at')}")
-    conv = doc.get("convergence")
-    if conv:
-        out.print(f"plan record: {conv['reason']}")
-    _print_credit(doc.get("credit_due"))
-    if doc.get("refusal"):
-        out.print(f"[red]refused:[/red] {doc['refusal']}")
-    applied = {(a["method"], a["path"]): a for a in doc.get("applied", [])}
-    for action in doc.get("actions", []):
-        mark = (
-            "[green]applied[/green]" if (action["method"], action["path"]) in applied else "planned"
-        )
-        out.print(f"  {mark} {action['method']} {action['path']}")
-    out.print(_entitlement_table(doc))
-    for w in doc.get("warnings", []):
-        out.print(f"[yellow]warning:[/yellow] {w}")
-    if doc.get("status"):
-        out.print(f"status: [bold]{doc['status']}[/bold]")
-    if doc.get("error"):
-        out.print(f"[red]error:[/red] {doc['error']}")
-
-
 @app.command()
 def version() -> None:
     """Print the version."""
@@ -303,7 +238,9 @@ async def _change(
     dry_run: bool,
     as_json: bool,
 ) -> int:
+    from reconciler.engine import ChangeReport, ChangeRequest, Preview, submit
     from reconciler.engine.catalog import UnknownPlan
+    from reconciler.engine.views import change_json, preview_json
     from reconciler.openmeter.errors import NotFound, OpenMeterError
     from reconciler.runtime import open_runtime
     from reconciler.store import StoreLockedError
@@ -316,7 +253,7 @@ async def _change(
             return await _change_through_service(settings, customer, plan, plan_version, as_json)
     async with open_runtime(settings, validate_policy=True, read_only_if_locked=dry_run) as rt:
         try:
-            doc = await rt.queries.preview(customer, plan, plan_version)
+            preview = await rt.queries.preview(customer, plan, plan_version)
         except UnknownPlan as exc:
             err.print(f"[red]{exc}[/red]")
             return EXIT_BAD_INPUT
@@ -326,44 +263,34 @@ async def _change(
         except OpenMeterError as exc:
             err.print(f"[red]OpenMeter error:[/red] {exc}")
             return EXIT_FAILED
+        result: Preview | ChangeReport = preview
         code = EXIT_OK
         if not dry_run:
-            now = await rt.clock.now()
-            sub = await rt.store.submit_change(
-                customer, plan, plan_version, now, ChangeSource.CLI, f"cli-{uuid.uuid4()}", now
+            submitted = await submit(
+                rt.store,
+                rt.clock,
+                ChangeRequest(customer, plan, plan_version),
+                ChangeSource.CLI,
+                f"cli-{uuid.uuid4()}",
             )
             outcome = await rt.engine.reconcile(customer)
-            change = await rt.store.get_change(sub.change.id)
-            doc["change_id"] = sub.change.id
-            doc["status"] = outcome.status
-            doc["applied"] = [
-                {k: a[k] for k in ("action", "method", "path", "body", "result")}
-                for a in outcome.applied
-            ]
-            doc["error"] = outcome.error
-            doc["usage_not_preserved"] = outcome.usage_not_preserved
-            if change is not None and change.details.get("proof"):
-                doc["proof"] = change.details["proof"]
-            if change is not None and change.details.get("convergence"):
-                # What the engine decided when it acted (the preview may predate the edit).
-                doc["convergence"] = change.details["convergence"]
-                doc["converges_at"] = change.details["convergence"]["converges_at"]
-            if change is not None and change.details.get("credit_due") is not None:
-                doc["credit_due"] = change.details["credit_due"]
             # What OpenMeter shows now, not what the preview expected.
-            fresh = (await rt.queries.status(customer, audit_limit=0))["entitlements"]
-            for f, v in fresh.items():
-                doc["entitlements"].setdefault(f, {"before": None})["after"] = v
+            now_values = (await rt.queries.status(customer, audit_limit=0)).observed.values
+            result = ChangeReport(
+                preview, await rt.store.get_change(submitted.change.id), outcome, now_values
+            )
             if outcome.usage_not_preserved:
                 code = EXIT_USAGE_NOT_PRESERVED
             elif outcome.status == "failed":
                 code = EXIT_FAILED
-        elif doc.get("refusal"):
+        elif preview.result.refusal:
             code = EXIT_FAILED
     if as_json:
-        _print_json(doc)
+        _print_json(
+            change_json(result) if isinstance(result, ChangeReport) else preview_json(result)
+        )
     else:
-        _print_change(doc)
+        print_change(out, result)
     return code
 
 
@@ -373,66 +300,23 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Plan on record, effective plan, scheduled successor, entitlements, desired state, audit."""
+    from reconciler.engine import StatusReport
+    from reconciler.engine.views import status_json
+
     settings = _settings()
 
-    async def go() -> dict[str, Any]:
+    async def go() -> StatusReport:
         from reconciler.runtime import open_runtime
 
         # beside a running service (SQLite locked): read-only, as its admin API reads
         async with open_runtime(settings, read_only_if_locked=True) as rt:
             return await rt.queries.status(customer)
 
-    doc = _run(go)
+    report = _run(go)
     if as_json:
-        _print_json(doc)
-        return
-    sub = doc.get("subscription") or {}
-    out.print(f"[bold]{doc['customer']}[/bold] ({doc['customer_id']})")
-    out.print(
-        f"plan on record: {doc.get('plan_on_record')}; effective: {sub.get('effective_plan')}"
-    )
-    succ = doc.get("scheduled_successor")
-    if succ:
-        out.print(f"scheduled successor: {succ['plan']} from {succ['active_from']}")
-    desired = doc.get("desired")
-    if desired:
-        out.print(
-            f"desired: {desired['plan']}@v{desired['plan_version']} ({desired['status']}), "
-            f"convergence: {doc['convergence']}"
-        )
-        if desired.get("converges_at"):
-            out.print(f"plan record converges at {desired['converges_at']}")
-        conv = desired.get("convergence")
-        if conv:
-            out.print(f"plan record: {conv['reason']}")
-        _print_credit(desired.get("credit_due"))
-    t = Table(title="Entitlements")
-    for col in ("feature", "usage", "balance", "total"):
-        t.add_column(col)
-    for f, v in doc["entitlements"].items():
-        v = v or {}
-        t.add_row(
-            f,
-            _fmt(v.get("usage")),
-            _fmt(v.get("balance")),
-            _fmt(v.get("total_available_grant_amount")),
-        )
-    out.print(t)
-    if doc["recent_audit"]:
-        a = Table(title="Recent audit")
-        for col in ("at", "kind", "operation", "call", "status", "detail"):
-            a.add_column(col)
-        for r in doc["recent_audit"]:
-            call = f"{r['method']} {r['path']}" if r["method"] else ""
-            a.add_row(
-                r["at"],
-                r["kind"],
-                r["operation"],
-                call,
-                _fmt(r["status"]),
-                (r["detail"] or "")[:60],
-            )
-        out.print(a)
+        _print_json(status_json(report))
+    else:
+        print_status(out, report)
 
 
 @app.command()
@@ -455,6 +339,7 @@ def reconcile(
 async def _reconcile(settings: Settings, customer: str | None, all_customers: bool) -> int:
     from rich.progress import Progress
 
+    from reconciler.engine import adopt
     from reconciler.runtime import open_runtime
 
     async with open_runtime(settings, validate_policy=True) as rt:
@@ -465,7 +350,7 @@ async def _reconcile(settings: Settings, customer: str | None, all_customers: bo
             if all_customers:
                 async for c in rt.client.iter_customers():
                     ref = c.key or c.id
-                    await rt.engine.adopt(ref)
+                    await adopt(rt.collaborators, ref)
             async for ref in rt.store.customers_with_desired():
                 targets.append(ref)
         counts: dict[str, int] = {}
@@ -566,7 +451,8 @@ def quote(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Expected charges of the current billing period, line by line (--plan: after a change)."""
-    from reconciler.engine.quote import Quoter, parse_at, render_quote
+    from reconciler.engine import QuoteReport, parse_at
+    from reconciler.engine.views import quote_json
 
     settings = _settings()
     try:
@@ -575,15 +461,15 @@ def quote(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from exc
 
-    async def go() -> dict[str, Any] | str:
+    async def go() -> QuoteReport | str:
+        from reconciler.engine import QuoteError
         from reconciler.engine.catalog import UnknownPlan
-        from reconciler.engine.quote import QuoteError
         from reconciler.openmeter.errors import NotFound
         from reconciler.runtime import open_runtime
 
         async with open_runtime(settings, read_only_if_locked=True) as rt:
             try:
-                return await Quoter(rt.engine).quote(
+                return await rt.quoter.quote(
                     customer, plan_key=plan, plan_version=plan_version, at=when
                 )
             except (QuoteError, UnknownPlan) as exc:
@@ -591,14 +477,14 @@ def quote(
             except NotFound as exc:
                 return f"not found: {exc.detail}"
 
-    doc = _run(go)
-    if isinstance(doc, str):
-        err.print(f"[red]{doc}[/red]")
+    report = _run(go)
+    if isinstance(report, str):
+        err.print(f"[red]{report}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
     if as_json:
-        _print_json(doc)
+        _print_json(quote_json(report))
     else:
-        render_quote(out, doc)
+        print_quote(out, report)
 
 
 @events_app.command("list")
@@ -711,7 +597,7 @@ def demo(
     policy: Annotated[Path | None, typer.Option(help="policy file")] = None,
 ) -> None:
     """Run the emulator with the demo catalog and tell the plan-change story, checking each step."""
-    from reconciler.demo import run_demo
+    from reconciler.cli.demo import run_demo
 
     configure_logging("WARNING", "console")
     ok = run_demo(out, catalog=catalog, policy=policy)
@@ -720,7 +606,3 @@ def demo(
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -20,6 +20,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from reconciler.domain.convergence import Convergence
+from reconciler.engine import ChangeRequest, submit
+from reconciler.engine.views import stored_convergence
 from reconciler.runtime import Runtime, open_runtime
 from reconciler.settings import Settings
 from reconciler.store.types import ChangeSource
@@ -130,16 +133,13 @@ class Story:
 
     async def request(self, plan: str) -> Any:
         """Store a change request (as a webhook would) without working on it."""
-        now = await self.now()
         self._seq += 1
-        return await self.rt.store.submit_change(
-            self.customer,
-            plan,
-            None,
-            now,
+        return await submit(
+            self.rt.store,
+            self.rt.clock,
+            ChangeRequest(self.customer, plan),
             ChangeSource.CLI,
             f"demo-{self.customer}-{self._seq}",
-            now,
         )
 
     async def change(self, plan: str) -> Any:
@@ -149,11 +149,9 @@ class Story:
     async def reconcile(self) -> Any:
         return await self.rt.engine.reconcile(self.customer)
 
-    async def convergence(self) -> dict[str, Any]:
+    async def convergence(self) -> Convergence | None:
         """How the desired change's plan record converges, as stored with it."""
-        change = await self.rt.store.desired_for(self.customer)
-        found = change.details.get("convergence") if change is not None else None
-        return dict(found) if isinstance(found, dict) else {}
+        return stored_convergence(await self.rt.store.desired_for(self.customer))
 
     def step(self, title: str) -> Step:
         s = Step(title)
@@ -187,10 +185,8 @@ async def _story(s: Story) -> None:
     conv = await s.convergence()
     st.check(
         "record change deferred a period (scheduling now would bill starter's fee in full)",
-        succ is None
-        and conv.get("deferred") is True
-        and conv.get("converges_at") == _iso(START + _month(2)),
-        conv.get("reason"),
+        succ is None and conv is not None and conv.deferred and conv.at == START + _month(2),
+        conv.reason if conv else None,
     )
     m = await s.mutations()
     st.check("one PATCH, nothing else", m == {"PATCH": 1}, m)
@@ -249,8 +245,8 @@ async def _story(s: Story) -> None:
     conv = await s.convergence()
     st.check(
         "pro kept, its record change deferred (pro's fee stays pro rata)",
-        succ is None and conv.get("converges_at") == _iso(START + _month(3)),
-        conv.get("reason"),
+        succ is None and conv is not None and conv.at == START + _month(3),
+        conv.reason if conv else None,
     )
     m = await s.mutations()
     st.check("two PATCHes in total (items never taken away)", m.get("PATCH") == 2, m)
@@ -280,10 +276,6 @@ async def _story(s: Story) -> None:
         (usage, balance) == (0, 5_000_000),
         f"{usage} used, {balance} left",
     )
-
-
-def _iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
 
 
 def _month(n: int) -> timedelta:
