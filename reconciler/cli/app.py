@@ -67,11 +67,16 @@ def _run(factory: Callable[[], Awaitable[T]], *, locked_hint: str | None = None)
     """Run a command's coroutine; an expected condition is one line on stderr and an exit
     code, never a traceback. ``locked_hint``: what to do when the service holds the SQLite
     database (the admin route to use)."""
+    from reconciler.engine import QuoteError
+    from reconciler.engine.catalog import UnknownPlan
     from reconciler.openmeter.errors import NotFound, OpenMeterError
     from reconciler.store import StoreError, StoreLockedError
 
     try:
         return asyncio.run(factory())  # type: ignore[arg-type]
+    except (UnknownPlan, QuoteError) as exc:  # what the user asked for cannot be done
+        err.print(f"[red]{_one_line(exc)}[/red]", soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except PolicyError as exc:
         err.print(f"[red]policy error:[/red] {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -239,9 +244,7 @@ async def _change(
     as_json: bool,
 ) -> int:
     from reconciler.engine import ChangeReport, ChangeRequest, Preview, submit
-    from reconciler.engine.catalog import UnknownPlan
     from reconciler.engine.views import change_json, preview_json
-    from reconciler.openmeter.errors import NotFound, OpenMeterError
     from reconciler.runtime import open_runtime
     from reconciler.store import StoreLockedError
     from reconciler.store.types import ChangeSource
@@ -252,17 +255,7 @@ async def _change(
         except StoreLockedError:
             return await _change_through_service(settings, customer, plan, plan_version, as_json)
     async with open_runtime(settings, validate_policy=True, read_only_if_locked=dry_run) as rt:
-        try:
-            preview = await rt.queries.preview(customer, plan, plan_version)
-        except UnknownPlan as exc:
-            err.print(f"[red]{exc}[/red]")
-            return EXIT_BAD_INPUT
-        except NotFound as exc:
-            err.print(f"[red]not found:[/red] {exc.detail}")
-            return EXIT_BAD_INPUT
-        except OpenMeterError as exc:
-            err.print(f"[red]OpenMeter error:[/red] {exc}")
-            return EXIT_FAILED
+        preview = await rt.queries.preview(customer, plan, plan_version)
         result: Preview | ChangeReport = preview
         code = EXIT_OK
         if not dry_run:
@@ -461,26 +454,15 @@ def quote(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from exc
 
-    async def go() -> QuoteReport | str:
-        from reconciler.engine import QuoteError
-        from reconciler.engine.catalog import UnknownPlan
-        from reconciler.openmeter.errors import NotFound
+    async def go() -> QuoteReport:
         from reconciler.runtime import open_runtime
 
         async with open_runtime(settings, read_only_if_locked=True) as rt:
-            try:
-                return await rt.quoter.quote(
-                    customer, plan_key=plan, plan_version=plan_version, at=when
-                )
-            except (QuoteError, UnknownPlan) as exc:
-                return str(exc)
-            except NotFound as exc:
-                return f"not found: {exc.detail}"
+            return await rt.quoter.quote(
+                customer, plan_key=plan, plan_version=plan_version, at=when
+            )
 
     report = _run(go)
-    if isinstance(report, str):
-        err.print(f"[red]{report}[/red]")
-        raise typer.Exit(EXIT_BAD_INPUT)
     if as_json:
         _print_json(quote_json(report))
     else:
