@@ -352,7 +352,7 @@ async def _reconcile(settings: Settings, customer: str | None, all_customers: bo
             task = progress.add_task("reconciling", total=len(targets))
             for ref in targets:
                 outcome = await rt.engine.reconcile(ref)
-                key = outcome.status or outcome.state
+                key = outcome.status or outcome.state.value
                 counts[key] = counts.get(key, 0) + 1
                 if outcome.status == "failed":
                     failed += 1
