@@ -48,6 +48,7 @@ from reconciler.engine.decisions import (
     execute,
     record_decision,
 )
+from reconciler.engine.observe import plan_metered_features
 from reconciler.engine.passes import Pass
 from reconciler.engine.results import AppliedCall, Hooks, Outcome, OutcomeState
 from reconciler.engine.transitions import failure_events, next_transition, status_event
@@ -228,6 +229,15 @@ class Engine:
         # After an edit or a scheduled change, the next step's observation reads only the
         # current subscription (``Observer.follow``); anything unexpected means a full one.
         follow: tuple[Observed, ObservedSubscription | None] | None = None
+        target_features = plan_metered_features(target)
+        guessed: list[str] = []
+
+        async def prefetch(listed: tuple[str, int] | None) -> set[str] | None:
+            if listed == (target.key, target.version):
+                return None  # on the target already: most likely nothing to do
+            guessed.append("yes")
+            return target_features | (await self._plan_features(*listed) if listed else set())
+
         for step in range(self.max_steps):
             now = await self.clock.now()
             observed_or_none = None
@@ -236,9 +246,19 @@ class Engine:
                 follow = None
             # Entitlement values are read only once a decision may depend on them (below).
             has_values = observed_or_none is not None or values is not None
+            # A new request is about to be acted on: its values are read with the current
+            # subscription, not after it (one round trip less before the mutation).
+            fresh = step == 0 and change.status is ChangeStatus.PENDING
+            guessed.clear()
             observed = observed_or_none or await self.observer.observe(
-                customer, now, identity=identity, known_values=values, values=False
+                customer,
+                now,
+                identity=identity,
+                known_values=values,
+                values=False,
+                prefetch=prefetch if fresh else None,
             )
+            has_values = has_values or bool(guessed and observed.current is not None)
             if observed.current is not None and observed.current.phase_at(now) is None:
                 # A billing boundary passed between our clock read and OpenMeter computing the
                 # statuses (the next subscription is already current): read the clock again,
@@ -380,6 +400,14 @@ class Engine:
         return await self._finish(change, result, outcome, observed)
 
     # ------------------------------------------------------------------------------------------
+    async def _plan_features(self, key: str, version: int) -> set[str]:
+        """The metered features of a plan version (cached), for the prefetch's guess; a plan
+        that cannot be read guesses nothing (the expanded subscription fills the gap)."""
+        try:
+            return plan_metered_features(await self.catalog.get(key, version))
+        except (UnknownPlan, OpenMeterError):
+            return set()
+
     async def _execute(self, action: Action) -> Any:
         await self.pacer.yield_point()
         return await execute(self.client, action)
@@ -390,11 +418,7 @@ class Engine:
         """Usage of every metered feature of the current and target items, right before the
         edit. The observation that planned the edit has just read the current ones; only the
         target's features it did not cover are read now."""
-        features = set(observed.values)
-        for phase in target.phases:
-            for card in phase.rate_cards:
-                if card.entitlement and card.entitlement.type == "metered" and card.feature_key:
-                    features.add(card.feature_key)
+        features = set(observed.values) | plan_metered_features(target)
         values = dict(observed.values)
         missing = features - set(values)
         if missing:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription
+from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription, Plan
 from reconciler.engine.pacing import Pacer
 from reconciler.openmeter import mapping
 from reconciler.openmeter.client import OpenMeterClient
@@ -37,6 +37,10 @@ class Listed(Protocol):
 
 
 S = TypeVar("S", bound=Listed)
+
+# the listed current subscription's plan (key, version) -> the features whose values to read
+# with the expanded subscription, or None to read none (``Observer.observe``)
+Prefetch = Callable[[tuple[str, int] | None], Awaitable[Iterable[str] | None]]
 
 
 def _status(sub: Listed) -> str:
@@ -79,9 +83,18 @@ class Observer:
         values: bool = True,
         identity: tuple[str, str | None] | None = None,
         known_values: Mapping[str, EntitlementValue] | None = None,
+        prefetch: Prefetch | None = None,
     ) -> Observed:
         """``identity`` (id, key) skips the customer lookup; ``known_values`` are used instead
-        of reading the entitlement values again (the caller read them moments ago)."""
+        of reading the entitlement values again (the caller read them moments ago).
+
+        ``prefetch``: the caller will likely need entitlement values (a change is about to be
+        acted on), so they are read *together with* the current subscription rather than after
+        it — one round trip less before a mutation. Given the plan (key, version) the listing
+        names, it returns the features to guess (e.g. the target's and that plan version's: a
+        published version never changes, the catalog caches it), or None to read no values.
+        Features the expanded subscription shows that the guess missed are read afterwards,
+        so the values are complete whenever a guess was made."""
         pace = self.pacer.yield_point
         await pace()
         if identity is None:
@@ -97,11 +110,26 @@ class Observer:
         cid, ckey = identity
         current, successor = pick(subs)
         await pace()
-        cur_x, succ_x = await asyncio.gather(self._expanded(current), self._expanded(successor))
         vals: dict[str, EntitlementValue] = {}
+        guess = None
+        if known_values is None and prefetch is not None and current is not None:
+            plan = getattr(current, "plan", None)
+            guess = await prefetch((plan.key, plan.version) if plan is not None else None)
+        if guess is not None:
+            cur_x, succ_x, vals = await asyncio.gather(
+                self._expanded(current),
+                self._expanded(successor),
+                self.values(cid, guess),
+            )
+            if cur_x is not None:
+                missing = set(metered_features(cur_x, now)) - set(vals)
+                if missing:
+                    vals.update(await self.values(cid, missing))
+        else:
+            cur_x, succ_x = await asyncio.gather(self._expanded(current), self._expanded(successor))
         if known_values is not None:
             vals = dict(known_values)
-        elif values and cur_x is not None:
+        elif values and cur_x is not None and guess is None:
             vals = await self.values(cid, metered_features(cur_x, now))
         return Observed(
             customer_id=cid,
@@ -193,6 +221,16 @@ class Observer:
             *(self.client.get_entitlement_value(customer_id, k) for k in keys)
         )
         return {k: mapping.to_entitlement_value(v) for k, v in zip(keys, got, strict=True)}
+
+
+def plan_metered_features(plan: Plan) -> set[str]:
+    """Every metered feature of any phase of ``plan``."""
+    return {
+        card.feature_key
+        for phase in plan.phases
+        for card in phase.rate_cards
+        if card.entitlement and card.entitlement.type == "metered" and card.feature_key
+    }
 
 
 def metered_features(sub: ObservedSubscription, now: datetime) -> list[str]:

@@ -91,7 +91,10 @@ async def test_an_upgrade_is_four_store_writes_and_nine_reads(
 ) -> None:
     await onboard(story, "free", START, used=3)
     await story.request("starter")
-    await rt.engine.catalog.get("starter")  # the catalog is cached: keep it out of the count
+    # The catalog is cached: keep it out of the count (the target, and the plan version the
+    # customer is on, whose features the pass reads together with its subscription).
+    await rt.engine.catalog.get("starter")
+    await rt.engine.catalog.get("free")
     (await control.delete("/_emulator/requests")).raise_for_status()
     tx = count_transactions(rt, monkeypatch)
 
@@ -232,3 +235,35 @@ async def test_the_customer_and_its_subscriptions_are_read_concurrently(
     paths = [r["path"] for r in log if r["method"] == "GET" and "/plans/" not in r["path"]]
     assert paths[:2] == ["/api/v1/customers/acme/subscriptions", "/api/v1/customers/acme"]
     assert [r["method"] for r in log if r["method"] != "GET"] == ["PATCH", "POST"]
+
+
+async def test_a_new_request_reads_usage_with_the_subscription_not_after_it(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """Issue 16: the usage proof's "before" values go out with the expanded subscription (the
+    features guessed from the target and the listed plan version), so only two levels of reads
+    precede the PATCH. With the subscription's answer delayed, the value is served first; the
+    edit still keeps usage and its proof holds."""
+    await onboard(story, "free", START, used=3)
+    await story.request("starter")
+    await rt.engine.catalog.get("starter")
+    await rt.engine.catalog.get("free")
+    (await control.delete("/_emulator/requests")).raise_for_status()
+    cur, _ = await story.subs()
+    (await control.delete("/_emulator/requests")).raise_for_status()
+    path = f"/api/v1/subscriptions/{cur.id}"
+    rule = {"method": "GET", "path": path, "delaySeconds": 0.3, "count": 1}
+    (await control.post("/_emulator/faults", json=rule)).raise_for_status()
+
+    out = await story.reconcile()
+
+    assert out.status == "applied" and await story.value() == (3, 549_997)
+    log = (await control.get("/_emulator/requests")).json()["requests"]
+    first_patch = next(i for i, r in enumerate(log) if r["method"] == "PATCH")
+    before = [r["path"] for r in log[:first_patch]]
+    value = f"/api/v1/customers/{cur.customer_id}/entitlements/api_credits/value"
+    assert before.index(value) < before.index(path), before  # served while the GET waited
+    assert before.count(value) == 1 and before.count(path) == 1, before
+    change = await rt.store.desired_for("acme")
+    assert change is not None and change.details["proof"]["usage_preserved"] is True
+    assert change.details["proof"]["before"]["api_credits"]["usage"] == 3
