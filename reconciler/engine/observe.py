@@ -111,25 +111,25 @@ class Observer:
         current, successor = pick(subs)
         await pace()
         vals: dict[str, EntitlementValue] = {}
-        guess = None
+        addons: tuple[str, ...] | None = None
+        guessed: dict[str, EntitlementValue] | None = None
         if known_values is None and prefetch is not None and current is not None:
-            plan = getattr(current, "plan", None)
-            guess = await prefetch((plan.key, plan.version) if plan is not None else None)
-        if guess is not None:
-            cur_x, succ_x, vals = await asyncio.gather(
+            cur_x, succ_x, (guessed, addons) = await asyncio.gather(
                 self._expanded(current),
                 self._expanded(successor),
-                self.values(cid, guess),
+                self._guess(cid, current, prefetch),
             )
-            if cur_x is not None:
-                missing = set(metered_features(cur_x, now)) - set(vals)
-                if missing:
-                    vals.update(await self.values(cid, missing))
         else:
             cur_x, succ_x = await asyncio.gather(self._expanded(current), self._expanded(successor))
         if known_values is not None:
             vals = dict(known_values)
-        elif values and cur_x is not None and guess is None:
+        elif guessed is not None:
+            vals = guessed
+            if cur_x is not None:
+                missing = set(metered_features(cur_x, now)) - set(vals)
+                if missing:
+                    vals.update(await self.values(cid, missing))
+        elif values and cur_x is not None:
             vals = await self.values(cid, metered_features(cur_x, now))
         return Observed(
             customer_id=cid,
@@ -138,7 +138,22 @@ class Observer:
             current=cur_x,
             successor=succ_x,
             values=vals,
+            addons=addons if cur_x is not None and addons is not None else None,
         )
+
+    async def _guess(
+        self, customer_id: str, listed: Listed, prefetch: Prefetch
+    ) -> tuple[dict[str, EntitlementValue] | None, tuple[str, ...] | None]:
+        """What an edit will need, read while the subscription is: the guessed features'
+        values and the subscription's add-ons (OpenMeter refuses to edit one with add-ons)."""
+        plan = getattr(listed, "plan", None)
+        features = await prefetch((plan.key, plan.version) if plan is not None else None)
+        if features is None:
+            return None, None
+        vals, addons = await asyncio.gather(
+            self.values(customer_id, features), self._addon_keys(listed.id)
+        )
+        return vals, addons
 
     async def follow(
         self,
@@ -196,16 +211,18 @@ class Observer:
         still forbids edits."""
         if observed.current is None:
             return dataclasses.replace(observed, addons=())
+        return dataclasses.replace(observed, addons=await self._addon_keys(observed.current.id))
+
+    async def _addon_keys(self, subscription_id: str) -> tuple[str, ...]:
         await self.pacer.yield_point()
-        rows = await self.client.list_subscription_addons(observed.current.id)
-        keys = tuple(
+        rows = await self.client.list_subscription_addons(subscription_id)
+        return tuple(
             sorted(
                 str((row.get("addon") or {}).get("key") or row.get("id"))
                 for row in rows
                 if any((seg.get("quantity") or 0) > 0 for seg in row.get("timeline") or ())
             )
         )
-        return dataclasses.replace(observed, addons=keys)
 
     async def _expanded(self, sub: Subscription | None) -> ObservedSubscription | None:
         if sub is None:

@@ -243,7 +243,8 @@ async def test_a_new_request_reads_usage_with_the_subscription_not_after_it(
     """Issue 16: the usage proof's "before" values go out with the expanded subscription (the
     features guessed from the target and the listed plan version), so only two levels of reads
     precede the PATCH. With the subscription's answer delayed, the value is served first; the
-    edit still keeps usage and its proof holds."""
+    edit still keeps usage and its proof holds. The add-ons (OpenMeter refuses to edit a
+    subscription with add-ons) are read in the same level."""
     await onboard(story, "free", START, used=3)
     await story.request("starter")
     await rt.engine.catalog.get("starter")
@@ -263,6 +264,7 @@ async def test_a_new_request_reads_usage_with_the_subscription_not_after_it(
     before = [r["path"] for r in log[:first_patch]]
     value = f"/api/v1/customers/{cur.customer_id}/entitlements/api_credits/value"
     assert before.index(value) < before.index(path), before  # served while the GET waited
+    assert before.index(f"{path}/addons") < before.index(path), before  # the edit's guard too
     assert before.count(value) == 1 and before.count(path) == 1, before
     change = await rt.store.desired_for("acme")
     assert change is not None and change.details["proof"]["usage_preserved"] is True
