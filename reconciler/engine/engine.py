@@ -22,6 +22,7 @@ from reconciler.domain.actions import (
     Action,
     DeleteScheduled,
     EditItems,
+    ScheduleChange,
 )
 from reconciler.domain.addons import AddonMode, addons_matter
 from reconciler.domain.addons import gate as addon_gate
@@ -228,7 +229,9 @@ class Engine:
         values: dict[str, EntitlementValue] | None = None
         # After an edit or a scheduled change, the next step's observation reads only the
         # current subscription (``Observer.follow``); anything unexpected means a full one.
+        # That read is started right after the mutation (``soon``, ``read_current_soon``).
         follow: tuple[Observed, ObservedSubscription | None] | None = None
+        soon: Awaitable[ObservedSubscription | None] | None = None
         target_features = plan_metered_features(target)
         guessed: list[str] = []
 
@@ -242,7 +245,9 @@ class Engine:
             now = await self.clock.now()
             observed_or_none = None
             if follow is not None and values is not None:
-                observed_or_none = await self.observer.follow(follow[0], now, values, follow[1])
+                observed_or_none = await self.observer.follow(
+                    follow[0], now, values, follow[1], soon
+                )
                 follow = None
             # Entitlement values are read only once a decision may depend on them (below).
             has_values = observed_or_none is not None or values is not None
@@ -380,6 +385,10 @@ class Engine:
                 self.hooks.on_drift_healed(action.kind)
             if self._after_action is not None:
                 await self._after_action(action)
+            soon = None
+            if isinstance(action, (EditItems, ScheduleChange)):
+                # the next step's read, overlapping the proof's after-read
+                soon = self.observer.read_current_soon(observed)
             if isinstance(action, EditItems) and before is not None:
                 change, after_values = await self._proof_after(
                     change, observed.customer_id, before, outcome

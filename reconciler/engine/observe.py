@@ -16,6 +16,7 @@ from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscrip
 from reconciler.engine.pacing import Pacer
 from reconciler.openmeter import mapping
 from reconciler.openmeter.client import OpenMeterClient
+from reconciler.openmeter.errors import OpenMeterError
 from reconciler.openmeter.models import Subscription
 
 LIVE = ("active", "canceled")
@@ -161,6 +162,7 @@ class Observer:
         now: datetime,
         values: Mapping[str, EntitlementValue],
         successor: ObservedSubscription | None,
+        fresh: Awaitable[ObservedSubscription | None] | None = None,
     ) -> Observed | None:
         """The observation after one of our mutations, from one read instead of a full one.
 
@@ -169,13 +171,46 @@ class Observer:
         again; it witnesses its successor (``activeTo`` and the ``superseding`` annotation
         change whenever anything is scheduled after it, as subscriptions of one customer
         cannot overlap). When it does not match ``successor``, someone else acted meanwhile
-        and None is returned: observe in full.
+        and None is returned: observe in full. ``fresh`` is that read started earlier
+        (``read_current_soon``); None from it (the read failed) also means: observe in full.
         """
         cur = prev.current
         if cur is None:
             return None
+        if fresh is not None:
+            got = await fresh
+            return self._followed(prev, now, values, successor, got) if got else None
         await self.pacer.yield_point()
-        fresh = mapping.to_observed_subscription(await self.client.get_subscription(cur.id))
+        got = mapping.to_observed_subscription(await self.client.get_subscription(cur.id))
+        return self._followed(prev, now, values, successor, got)
+
+    def read_current_soon(self, prev: Observed) -> asyncio.Task[ObservedSubscription | None] | None:
+        """Start the read ``follow`` makes of ``prev``'s current subscription now, right after
+        our mutation was answered, so that it overlaps what the engine does before its next
+        step (the mutation's commit, the usage proof's after-read): one round trip fewer on
+        the way to the next mutation. A failed read yields None (the next step observes in
+        full, which reports the error if it persists)."""
+        cur = prev.current
+        if cur is None:
+            return None
+        return asyncio.ensure_future(self._read_current(cur.id))
+
+    async def _read_current(self, subscription_id: str) -> ObservedSubscription | None:
+        await self.pacer.yield_point()
+        try:
+            sub = await self.client.get_subscription(subscription_id)
+        except OpenMeterError:
+            return None
+        return mapping.to_observed_subscription(sub)
+
+    @staticmethod
+    def _followed(
+        prev: Observed,
+        now: datetime,
+        values: Mapping[str, EntitlementValue],
+        successor: ObservedSubscription | None,
+        fresh: ObservedSubscription,
+    ) -> Observed | None:
         if fresh.status.value not in LIVE:
             return None
         if successor is None:

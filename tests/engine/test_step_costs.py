@@ -269,3 +269,40 @@ async def test_a_new_request_reads_usage_with_the_subscription_not_after_it(
     change = await rt.store.desired_for("acme")
     assert change is not None and change.details["proof"]["usage_preserved"] is True
     assert change.details["proof"]["before"]["api_credits"]["usage"] == 3
+
+
+async def test_after_the_patch_the_proof_and_the_next_read_go_out_together(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """Right after the PATCH, the usage proof's "after" value and the next step's read of the
+    subscription are issued together: with the value delayed, the subscription is served
+    first, and the POST change still waits for both (the proof is complete before it)."""
+    await onboard(story, "free", START, used=3)
+    cur, _ = await story.subs()
+    path = f"/api/v1/subscriptions/{cur.id}"
+    value = f"/api/v1/customers/{cur.customer_id}/entitlements/api_credits/value"
+
+    async def delay_the_after_read(action: Action) -> None:
+        if action.kind == "edit_items":
+            rule = {"method": "GET", "path": value, "delaySeconds": 0.3, "count": 1}
+            (await control.post("/_emulator/faults", json=rule)).raise_for_status()
+
+    engine = Engine(rt.collaborators, after_action=delay_the_after_read)
+    await engine.catalog.get("starter")
+    await engine.catalog.get("free")
+    await story.request("starter")
+    (await control.delete("/_emulator/requests")).raise_for_status()
+
+    out = await engine.reconcile("acme")
+
+    assert out.status == "applied" and await story.value() == (3, 549_997)
+    log = [
+        f"{r['method']} {r['path']}"
+        for r in (await control.get("/_emulator/requests")).json()["requests"]
+        if r["path"] in (path, value, f"{path}/change")
+    ]
+    after_patch = log[log.index(f"PATCH {path}") + 1 :]
+    assert after_patch[:3] == [f"GET {path}", f"GET {value}", f"POST {path}/change"], log
+    change = await rt.store.desired_for("acme")
+    assert change is not None and change.details["proof"]["usage_preserved"] is True
+    assert change.details["proof"]["after"]["api_credits"]["usage"] == 3
