@@ -52,6 +52,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from reconciler.openmeter import sockets
 from reconciler.openmeter.errors import (
     NotFound,
     RateLimited,
@@ -260,6 +261,8 @@ class OpenMeterClient:
             ),
             transport=transport,
         )
+        if transport is None:
+            sockets.install(self._http)  # a cheaper idle-connection check (sockets.py)
         self.read_retries = read_retries
         # httpx's own transport (httpcore) reports through the ``trace`` extension when a
         # request has been written; a transport given here (tests, in-process apps) may not.

@@ -1,0 +1,120 @@
+"""A cheaper idle-connection check for httpx's connection pool (httpcore).
+
+Every time a request enters or leaves httpcore's pool, the pool asks each pooled connection
+whether it has expired, and each idle HTTP/1.1 connection answers by asking its network stream
+whether its socket is readable (a server that closed the connection). httpcore's anyio stream
+looks the socket up through anyio's typed attributes, which build a fresh dict of the socket's
+attributes on every call, including a ``getpeername`` system call. With 30 connections pooled,
+a profile of 200 concurrent upgrades (docs/BENCHMARKS.md, 6–8) spent 8.5 % of the service's
+samples there. The stream of this module keeps the socket it was created with and answers
+``is_readable`` with one ``poll`` of it, as httpcore does; everything else is passed through.
+
+``install`` wraps the network backend of an ``httpx.AsyncClient`` whose transport httpx built
+itself (so proxies from the environment and every other default stay as httpx chose them).
+It relies on two private attributes (``AsyncClient._transport``, ``AsyncHTTPTransport._pool``)
+and httpcore's ``AsyncConnectionPool._network_backend``; when any is missing or of another kind
+(another httpx, a proxy, a test transport), it changes nothing.
+"""
+
+# httpcore's network interface takes ``timeout`` arguments; these classes implement it.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+import httpx
+
+
+def is_readable(sock: socket.socket | None) -> bool:
+    """httpcore's ``is_socket_readable``: a closed or unknown socket counts as readable (the
+    connection is then dropped)."""
+    if sock is None:
+        return True
+    fd = sock.fileno()
+    if fd == -1:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class CachedSocketStream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return CachedSocketStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self._socket is not None:
+            return is_readable(self._socket)
+        if info == "socket" and self._socket is not None:
+            return self._socket
+        return self._inner.get_extra_info(info)
+
+
+class CachedSocketBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self.inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return CachedSocketStream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self.inner.connect_unix_socket(path, timeout, socket_options)
+        return CachedSocketStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def install(client: httpx.AsyncClient) -> bool:
+    """Wrap the pool's network backend of ``client``'s own transport; whether it did."""
+    transport = getattr(client, "_transport", None)
+    if type(transport) is not httpx.AsyncHTTPTransport:
+        return False
+    pool = getattr(transport, "_pool", None)
+    if type(pool) is not httpcore.AsyncConnectionPool:
+        return False
+    backend = getattr(pool, "_network_backend", None)
+    if not isinstance(backend, httpcore.AsyncNetworkBackend) or isinstance(
+        backend, CachedSocketBackend
+    ):
+        return False
+    pool._network_backend = CachedSocketBackend(backend)
+    return True
