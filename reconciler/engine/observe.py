@@ -98,7 +98,16 @@ class Observer:
         so the values are complete whenever a guess was made."""
         pace = self.pacer.yield_point
         await pace()
-        if identity is None:
+        if identity is None and not looks_like_id(customer):
+            # A key, never an id (OpenMeter's ids are ULIDs): each listed subscription names
+            # the customer's id, so the customer itself is read only when it lists none.
+            subs = await self.client.list_customer_subscriptions(customer)
+            if subs:
+                identity = (subs[0].customer_id, customer)
+            else:
+                cust = await self.client.get_customer(customer)
+                identity = (cust.id, cust.key)
+        elif identity is None:
             # OpenMeter resolves a customer id or key in both paths the same way, so the
             # listing need not wait for the customer's id: one round trip instead of two.
             cust, subs = await asyncio.gather(
@@ -273,6 +282,14 @@ class Observer:
             *(self.client.get_entitlement_value(customer_id, k) for k in keys)
         )
         return {k: mapping.to_entitlement_value(v) for k, v in zip(keys, got, strict=True)}
+
+
+_CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+
+def looks_like_id(customer: str) -> bool:
+    """Whether ``customer`` could be an OpenMeter id (a ULID: 26 Crockford base-32 digits)."""
+    return len(customer) == 26 and _CROCKFORD.issuperset(customer.upper())
 
 
 def plan_metered_features(plan: Plan) -> set[str]:

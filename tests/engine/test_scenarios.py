@@ -75,7 +75,6 @@ async def test_upgrade_keeps_usage_edits_in_place_and_schedules_plan_record(
         ("PATCH", 200),
     ]  # newest first
     assert {a.operation for a in calls if a.method == "GET"} >= {
-        "get_customer",
         "list_customer_subscriptions",
         "get_subscription",
         "get_entitlement_value",

@@ -73,7 +73,9 @@ async def test_a_pass_that_finds_the_desired_plan_reads_no_entitlement_value(
 
     assert out.status == "converged"
     assert await mutations(control) == []
-    assert sum(got.values()) == 3, got  # customer, its subscriptions, the current one
+    # its subscriptions, the current one (addressed by key: the listing names the customer's id)
+    assert sum(got.values()) == 2, got
+    assert "/api/v1/customers/acme" not in got
     assert not [p for p in got if p.endswith("/value")], got
 
     # a request that needs a change still reads the values before deciding (the proof, the
@@ -107,7 +109,8 @@ async def test_an_upgrade_is_four_store_writes_and_nine_reads(
     # (with the proof), the end of the pass (status, event, next check); reads: the claim and
     # the alias check.
     assert tx == {"write": 4, "read": 2}
-    assert sum(got.values()) == 8, got  # 9 with the plan, cached here
+    assert sum(got.values()) == 7, got  # 8 with the plan, cached here
+    assert "/api/v1/customers/acme" not in got  # the listing names the customer's id
     # OpenMeter refuses to edit a subscription with add-ons: read once, just before the edit
     assert got["/api/v1/subscriptions/{}/addons"] == 1
     assert got["/api/v1/subscriptions/{}"] == 3  # before the PATCH, after it, after the POST
@@ -118,7 +121,7 @@ async def test_an_upgrade_is_four_store_writes_and_nine_reads(
     # nothing was lost by writing less often: every call and the decision are on record
     audit = await rt.store.list_audit(customer="acme", limit=100)
     calls = [a for a in audit if a.kind is AuditKind.CALL]
-    assert len(calls) == 10 and {a.method for a in calls} == {"GET", "PATCH", "POST"}
+    assert len(calls) == 9 and {a.method for a in calls} == {"GET", "PATCH", "POST"}
     assert [a.operation for a in audit if a.kind is AuditKind.DECISION] == ["plan"]
     change = await rt.store.desired_for("acme")
     assert change is not None and change.details["proof"]["usage_preserved"] is True
@@ -217,23 +220,26 @@ async def test_no_pass_looks_while_a_timed_out_edit_may_still_run(
     assert [r["applied"] for r in rows if r["method"] == "PATCH"] == [True]  # sent once
 
 
-async def test_the_customer_and_its_subscriptions_are_read_concurrently(
+async def test_a_customer_addressed_by_id_is_read_with_its_subscriptions(
     story: Story, rt: Runtime, control: httpx.AsyncClient
 ) -> None:
-    """The listing goes out with the customer's lookup (by the same key), not after it: with the
-    customer's answer delayed, the listing is served first, and the upgrade still converges."""
+    """Addressed by its OpenMeter id, the customer's lookup (for its key) goes out with its
+    listing, not before it: with the customer's answer delayed, the listing is served first,
+    and the upgrade still converges."""
     await onboard(story, "free", START, used=3)
-    await story.request("starter")
+    cid = (await rt.client.get_customer("acme")).id
+    by_id = Story(rt, control, customer=cid)
+    await by_id.request("starter")
     (await control.delete("/_emulator/requests")).raise_for_status()
-    rule = {"method": "GET", "path": "/api/v1/customers/acme", "delaySeconds": 0.3, "count": 1}
+    rule = {"method": "GET", "path": f"/api/v1/customers/{cid}", "delaySeconds": 0.3, "count": 1}
     (await control.post("/_emulator/faults", json=rule)).raise_for_status()
 
-    out = await story.reconcile()
+    out = await rt.engine.reconcile(cid)
 
     assert out.status == "applied" and await story.value() == (3, 549_997)
     log = (await control.get("/_emulator/requests")).json()["requests"]
     paths = [r["path"] for r in log if r["method"] == "GET" and "/plans/" not in r["path"]]
-    assert paths[:2] == ["/api/v1/customers/acme/subscriptions", "/api/v1/customers/acme"]
+    assert paths[:2] == [f"/api/v1/customers/{cid}/subscriptions", f"/api/v1/customers/{cid}"]
     assert [r["method"] for r in log if r["method"] != "GET"] == ["PATCH", "POST"]
 
 
@@ -306,3 +312,41 @@ async def test_after_the_patch_the_proof_and_the_next_read_go_out_together(
     change = await rt.store.desired_for("acme")
     assert change is not None and change.details["proof"]["usage_preserved"] is True
     assert change.details["proof"]["after"]["api_credits"]["usage"] == 3
+
+
+async def test_a_customer_addressed_by_key_is_not_looked_up(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """Addressed by key, the customer's listing alone gives its id (every subscription names
+    it); a customer without any subscription is looked up (its id is needed to create one)."""
+    await onboard(story, "free", START, used=3)
+    await story.request("starter")
+    (await control.delete("/_emulator/requests")).raise_for_status()
+
+    out = await story.reconcile()
+
+    assert out.status == "applied" and await story.value() == (3, 549_997)
+    rows = (await control.get("/_emulator/requests")).json()["requests"]
+    log = [r for r in rows if "/plans" not in r["path"]]  # the target, read into the catalog
+    assert not [r for r in log if r["path"] == "/api/v1/customers/acme"]
+    assert log[0]["path"] == "/api/v1/customers/acme/subscriptions"
+    change = await rt.store.desired_for("acme")
+    cid = (await rt.client.get_customer("acme")).id
+    assert change is not None and change.customer_id == cid
+
+    await rt.client.create_customer(
+        {"key": "bare", "name": "BARE", "usageAttribution": {"subjectKeys": ["bare"]}}
+    )
+    newcomer = Story(rt, control, customer="bare")
+    await newcomer.request("free")
+    (await control.delete("/_emulator/requests")).raise_for_status()
+    out = await newcomer.reconcile()
+    rows = (await control.get("/_emulator/requests")).json()["requests"]
+    log = [r for r in rows if "/plans" not in r["path"]]
+    assert [r["path"] for r in log if r["method"] == "GET"][:2] == [
+        "/api/v1/customers/bare/subscriptions",
+        "/api/v1/customers/bare",
+    ]
+    assert [r["method"] + " " + r["path"] for r in log if r["method"] != "GET"] == [
+        "POST /api/v1/subscriptions"
+    ]

@@ -31,7 +31,9 @@ def test_boundary_between_clock_read_and_observation(
         assert svc.webhook("skew", "starter").status_code == 202
         wait_status(svc, "skew", "applied")
         api.clear_requests()
-        api.fault(method="GET", path="/api/v1/customers/skew", delaySeconds=1.0, count=1)
+        # the engine's first read (the customer's listing: by key, the customer is not read)
+        path = "/api/v1/customers/skew/subscriptions"
+        api.fault(method="GET", path=path, delaySeconds=1.0, count=1)
 
         def jump_when_held() -> None:  # the engine has read its clock and is waiting on us
             wait_until(
