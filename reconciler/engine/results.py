@@ -15,7 +15,6 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from reconciler.domain.actions import Action
 from reconciler.domain.invoices import Invoiced, InvoicesState
 from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription, Plan
 from reconciler.domain.planner import PlanResult
@@ -158,10 +157,6 @@ class DesiredStatus:
     change: ChangeRecord
     result: PlanResult | None  # None when the target plan is unknown
     plan_error: str | None = None
-
-    @property
-    def pending_actions(self) -> tuple[Action, ...] | None:
-        return self.result.actions if self.result is not None else None
 
 
 @dataclass(frozen=True, slots=True)
