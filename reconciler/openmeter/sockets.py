@@ -1,19 +1,32 @@
-"""A cheaper idle-connection check for httpx's connection pool (httpcore).
+"""Cheaper upkeep of httpx's connection pool (httpcore), for a client that runs many requests
+at once.
 
-Every time a request enters or leaves httpcore's pool, the pool asks each pooled connection
-whether it has expired, and each idle HTTP/1.1 connection answers by asking its network stream
-whether its socket is readable (a server that closed the connection). httpcore's anyio stream
-looks the socket up through anyio's typed attributes, which build a fresh dict of the socket's
-attributes on every call, including a ``getpeername`` system call. With 30 connections pooled,
-a profile of 200 concurrent upgrades (docs/BENCHMARKS.md, 6–8) spent 8.5 % of the service's
-samples there. The stream of this module keeps the socket it was created with and answers
-``is_readable`` with one ``poll`` of it, as httpcore does; everything else is passed through.
+**The idle-connection check.** Every time a request enters or leaves httpcore's pool, the pool
+asks each pooled connection whether it has expired, and each idle HTTP/1.1 connection answers by
+asking its network stream whether its socket is readable (a server that closed the connection).
+httpcore's anyio stream looks the socket up through anyio's typed attributes, which build a
+fresh dict of the socket's attributes on every call, including a ``getpeername`` system call.
+With 30 connections pooled, a profile of 200 concurrent upgrades (docs/BENCHMARKS.md, 6–8) spent
+8.5 % of the service's samples there. The stream of this module keeps the socket it was created
+with and answers ``is_readable`` with one ``poll`` of it, as httpcore does; everything else is
+passed through.
 
-``install`` wraps the network backend of an ``httpx.AsyncClient`` whose transport httpx built
-itself (so proxies from the environment and every other default stay as httpx chose them).
-It relies on two private attributes (``AsyncClient._transport``, ``AsyncHTTPTransport._pool``)
-and httpcore's ``AsyncConnectionPool._network_backend``; when any is missing or of another kind
-(another httpx, a proxy, a test transport), it changes nothing.
+**The pool walk.** The same bookkeeping (httpcore 1.0's ``_assign_requests_to_connections``)
+decides whether to close a surplus idle connection by counting the pool again for every idle
+connection, so each request costs a number of ``is_idle`` calls quadratic in the pool's size:
+about 1,800 calls per request with 30 connections, 9–11 % of the service's samples holding the
+GIL in the same profile (sixth and eighth sessions). ``LinearPool`` does the same bookkeeping
+in one pass: the count it compares with the keep-alive limit is the pool's size, as it already
+is in httpcore (the counted list holds every connection, idle or not), and the first usable,
+or else the first idle, connection for each queued request is found without building lists.
+``tests/openmeter/test_sockets.py`` runs both on random pools and compares every outcome.
+
+``install`` changes the pool of an ``httpx.AsyncClient`` whose transport httpx built itself (so
+proxies from the environment and every other default stay as httpx chose them). It relies on
+two private attributes (``AsyncClient._transport``, ``AsyncHTTPTransport._pool``) and on
+httpcore 1.0's pool internals (``_network_backend``, ``_connections``, ``_requests``, the
+limits); when any is missing or of another kind (another httpx or httpcore, a proxy, a test
+transport), it changes nothing.
 """
 
 # httpcore's network interface takes ``timeout`` arguments; these classes implement it.
@@ -103,13 +116,64 @@ class CachedSocketBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
+class LinearPool(httpcore.AsyncConnectionPool):
+    """httpcore's pool with its bookkeeping in linear time (see the module's docstring)."""
+
+    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        closing: list[httpcore.AsyncConnectionInterface] = []
+        pool = self._connections
+        for connection in list(pool):
+            if connection.is_closed():
+                pool.remove(connection)
+            elif connection.has_expired() or (
+                connection.is_idle() and len(pool) > self._max_keepalive_connections
+            ):
+                pool.remove(connection)
+                closing.append(connection)
+        for pool_request in self._requests:
+            if not pool_request.is_queued():
+                continue
+            origin = pool_request.request.url.origin
+            # the first usable connection; failing that (the whole pool was looked at) the
+            # first idle one, which is closed to make room when the pool is full
+            chosen = None
+            idle = None
+            for connection in pool:
+                if connection.can_handle_request(origin) and connection.is_available():
+                    chosen = connection
+                    break
+                if idle is None and connection.is_idle():
+                    idle = connection
+            if chosen is not None:
+                pool_request.assign_to_connection(chosen)
+            elif len(pool) < self._max_connections:
+                chosen = self.create_connection(origin)
+                pool.append(chosen)
+                pool_request.assign_to_connection(chosen)
+            elif idle is not None:
+                pool.remove(idle)
+                closing.append(idle)
+                chosen = self.create_connection(origin)
+                pool.append(chosen)
+                pool_request.assign_to_connection(chosen)
+        return closing
+
+
+_POOL_STATE = ("_connections", "_requests", "_max_connections", "_max_keepalive_connections")
+
+
 def install(client: httpx.AsyncClient) -> bool:
-    """Wrap the pool's network backend of ``client``'s own transport; whether it did."""
+    """Give the pool of ``client``'s own transport the cheaper idle check and the linear
+    bookkeeping; whether it did."""
     transport = getattr(client, "_transport", None)
     if type(transport) is not httpx.AsyncHTTPTransport:
         return False
     pool = getattr(transport, "_pool", None)
     if type(pool) is not httpcore.AsyncConnectionPool:
+        return False
+    if not httpcore.__version__.startswith("1.0.") or not all(
+        hasattr(pool, name) for name in _POOL_STATE
+    ):
         return False
     backend = getattr(pool, "_network_backend", None)
     if not isinstance(backend, httpcore.AsyncNetworkBackend) or isinstance(
@@ -117,4 +181,5 @@ def install(client: httpx.AsyncClient) -> bool:
     ):
         return False
     pool._network_backend = CachedSocketBackend(backend)
+    pool.__class__ = LinearPool
     return True

@@ -8,6 +8,9 @@ import socket
 
 import httpcore
 import httpx
+from httpcore._async.connection_pool import AsyncPoolRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.openmeter import sockets
 from reconciler.openmeter.client import OpenMeterClient
@@ -63,3 +66,121 @@ def test_install_leaves_other_transports_alone() -> None:
     own = httpx.AsyncClient()
     assert sockets.install(own) is True
     assert sockets.install(own) is False  # once
+
+
+# -- the pool's bookkeeping: LinearPool against httpcore's own, on random pools ----------------
+
+
+class FakeConnection(httpcore.AsyncConnectionInterface):
+    """What the pool's bookkeeping asks of a connection, as fixed answers."""
+
+    def __init__(self, name: str, flags: tuple[bool, bool, bool, bool, bool]) -> None:
+        self.name = name
+        self.closed, self.expired, self.idle, self.available, self.same_origin = flags
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def has_expired(self) -> bool:
+        return self.expired
+
+    def is_idle(self) -> bool:
+        return self.idle
+
+    def is_available(self) -> bool:
+        return self.available
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return self.same_origin
+
+
+class Signal:
+    def __init__(self) -> None:
+        self.is_set = False
+
+    def set(self) -> None:
+        self.is_set = True
+
+
+def _run_bookkeeping(
+    cls: type[httpcore.AsyncConnectionPool],
+    flags: list[tuple[bool, bool, bool, bool, bool]],
+    queued: list[bool],
+    max_connections: int,
+    max_keepalive: int,
+) -> tuple[list[str], list[str], list[str | None]]:
+    pool = cls(max_connections=max_connections, max_keepalive_connections=max_keepalive)
+    made = iter(range(1000))
+    pool.create_connection = lambda origin: FakeConnection(  # type: ignore[method-assign]
+        f"new{next(made)}", (False, False, False, False, True)
+    )
+    pool._connections = [FakeConnection(f"c{i}", f) for i, f in enumerate(flags)]
+    requests = []
+    for is_queued in queued:
+        pr = AsyncPoolRequest(httpcore.Request("GET", "http://openmeter:8888/api/v1/x"))
+        pr._connection_acquired = Signal()  # type: ignore[assignment]  # no event loop here
+        if not is_queued:
+            pr.assign_to_connection(FakeConnection("busy", (False,) * 5))
+        requests.append(pr)
+    pool._requests = requests
+    closing = pool._assign_requests_to_connections()
+    return (
+        [c.name for c in pool._connections],  # type: ignore[attr-defined]
+        [c.name for c in closing],  # type: ignore[attr-defined]
+        [getattr(r.connection, "name", None) for r in requests],
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    flags=st.lists(st.tuples(*[st.booleans()] * 5), max_size=12),
+    queued=st.lists(st.booleans(), max_size=5),
+    max_connections=st.integers(1, 14),
+    spare=st.integers(-3, 3),
+)
+def test_linear_pool_keeps_httpcores_bookkeeping(
+    flags: list[tuple[bool, bool, bool, bool, bool]],
+    queued: list[bool],
+    max_connections: int,
+    spare: int,
+) -> None:
+    max_keepalive = max(0, max_connections + spare)
+    ours = _run_bookkeeping(sockets.LinearPool, flags, queued, max_connections, max_keepalive)
+    theirs = _run_bookkeeping(
+        httpcore.AsyncConnectionPool, flags, queued, max_connections, max_keepalive
+    )
+    assert ours == theirs
+
+
+async def test_the_client_pool_is_linear_and_still_reuses_connections() -> None:
+    """Over real sockets: 20 requests, 5 at a time, on the linear pool reuse its 5 connections."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(0.01)
+                writer.write(RESPONSE)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with OpenMeterClient(f"http://127.0.0.1:{port}", read_retries=0) as client:
+            pool = client._http._transport._pool  # type: ignore[attr-defined]
+            assert type(pool) is sockets.LinearPool
+            for _ in range(4):
+                got = await asyncio.gather(
+                    *(client._http.get("/api/v1/anything") for _ in range(5))
+                )
+                assert [r.json() for r in got] == [[]] * 5
+            assert len(pool.connections) == 5
+        assert connections == 5
+    finally:
+        server.close()
+        await server.wait_closed()
