@@ -28,6 +28,7 @@ from reconciler.domain.addons import AddonMode, addons_matter
 from reconciler.domain.addons import gate as addon_gate
 from reconciler.domain.drift import mark_of
 from reconciler.domain.model import (
+    Desired,
     Direction,
     EntitlementValue,
     Observed,
@@ -71,7 +72,7 @@ from reconciler.openmeter.errors import (
     ServerError,
     TransportError,
 )
-from reconciler.openmeter.models import SubscriptionChangeResponse
+from reconciler.openmeter.models import Subscription, SubscriptionChangeResponse
 from reconciler.store.errors import StaleChangeError
 from reconciler.store.store import Claim
 from reconciler.store.types import (
@@ -232,6 +233,8 @@ class Engine:
         # That read is started right after the mutation (``soon``, ``read_current_soon``).
         follow: tuple[Observed, ObservedSubscription | None] | None = None
         soon: Awaitable[ObservedSubscription | None] | None = None
+        # After our own scheduled change: OpenMeter's answer (its current subscription).
+        answered: Subscription | None = None
         target_features = plan_metered_features(target)
         guessed: list[str] = []
 
@@ -245,9 +248,18 @@ class Engine:
             now = await self.clock.now()
             observed_or_none = None
             if follow is not None and values is not None:
-                observed_or_none = await self.observer.follow(
-                    follow[0], now, values, follow[1], soon
-                )
+                if answered is not None and follow[1] is not None:
+                    # After our own change: its answer, if planning on it sends nothing.
+                    guess = self.observer.answered(follow[0], now, values, follow[1], answered)
+                    if guess is not None and self._plans_nothing(
+                        guess, change, desired, target, now, converged
+                    ):
+                        observed_or_none = guess
+                    answered = None
+                if observed_or_none is None:
+                    observed_or_none = await self.observer.follow(
+                        follow[0], now, values, follow[1], soon
+                    )
                 follow = None
             # Entitlement values are read only once a decision may depend on them (below).
             has_values = observed_or_none is not None or values is not None
@@ -386,7 +398,10 @@ class Engine:
             if self._after_action is not None:
                 await self._after_action(action)
             soon = None
-            if isinstance(action, (EditItems, ScheduleChange)):
+            if isinstance(raw, SubscriptionChangeResponse):
+                # the next step plans on the change's answer (``Observer.answered``)
+                answered = raw.current
+            elif isinstance(action, (EditItems, ScheduleChange)):
                 # the next step's read, overlapping the proof's after-read
                 soon = self.observer.read_current_soon(observed)
             if isinstance(action, EditItems) and before is not None:
@@ -409,6 +424,19 @@ class Engine:
         return await self._finish(change, result, outcome, observed)
 
     # ------------------------------------------------------------------------------------------
+    def _plans_nothing(
+        self,
+        observed: Observed,
+        change: ChangeRecord,
+        desired: Desired,
+        target: Plan,
+        now: datetime,
+        converged: bool,
+    ) -> bool:
+        """Whether the planner, on ``observed``, has nothing left to send."""
+        settled = converged and not _resuming(change, observed)
+        return not plan(observed, desired, target, self.policy, now, settled=settled).actions
+
     async def _plan_features(self, key: str, version: int) -> set[str]:
         """The metered features of a plan version (cached), for the prefetch's guess; a plan
         that cannot be read guesses nothing (the expanded subscription fills the gap)."""

@@ -12,7 +12,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from reconciler.domain.model import EntitlementValue, Observed, ObservedSubscription, Plan
+from reconciler.domain.cancelation import ended_at
+from reconciler.domain.model import (
+    EntitlementValue,
+    Observed,
+    ObservedSubscription,
+    Plan,
+    SubscriptionStatus,
+)
 from reconciler.engine.pacing import Pacer
 from reconciler.openmeter import mapping
 from reconciler.openmeter.client import OpenMeterClient
@@ -192,6 +199,36 @@ class Observer:
         await self.pacer.yield_point()
         got = mapping.to_observed_subscription(await self.client.get_subscription(cur.id))
         return self._followed(prev, now, values, successor, got)
+
+    def answered(
+        self,
+        prev: Observed,
+        now: datetime,
+        values: Mapping[str, EntitlementValue],
+        successor: ObservedSubscription,
+        current: Subscription,
+    ) -> Observed | None:
+        """The observation after our own scheduled change, from OpenMeter's answer instead of
+        a read: ``current`` is the response's current subscription (plain: status, end,
+        annotations, ``updatedAt``, as OpenMeter left it), its phases and items those ``prev``
+        read after our edit, cut at the new end (``domain/cancelation.py``). None when the
+        answer is not exactly that subscription ending where ``successor`` starts, or its view
+        is not predicted: then ``follow`` reads it. Planned on, never acted on: the engine
+        reads before any mutation this observation would lead to."""
+        cur = prev.current
+        if cur is None or current.id != cur.id or current.active_to is None:
+            return None
+        cut = ended_at(cur, current.active_to)
+        if cut is None or _status(current) not in LIVE:
+            return None
+        fresh = dataclasses.replace(
+            cut,
+            status=SubscriptionStatus(_status(current)),
+            annotations=dict(current.annotations or {}),
+            metadata=dict(current.metadata or {}),
+            updated_at=current.updated_at,
+        )
+        return self._followed(prev, now, values, successor, fresh)
 
     def read_current_soon(self, prev: Observed) -> asyncio.Task[ObservedSubscription | None] | None:
         """Start the read ``follow`` makes of ``prev``'s current subscription now, right after
