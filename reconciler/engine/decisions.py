@@ -118,6 +118,12 @@ def drift_found(
     log.warning("drift_found", kind=kind, found=items_summary(cur, now))
 
 
+def reads_invoices(observed: Observed) -> bool:
+    """Whether ``credit_due`` reads the invoices for ``observed`` (a call to OpenMeter)."""
+    sub = observed.current
+    return sub is not None and credit_possible(sub, observed_versions(sub))
+
+
 async def credit_due(client: OpenMeterClient, observed: Observed) -> dict[str, Any] | None:
     """The ``credit_due`` document of the current subscription (invoices read only when an
     in-advance fee version ended before the subscription: otherwise nothing can be owed)."""

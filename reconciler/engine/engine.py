@@ -48,6 +48,7 @@ from reconciler.engine.decisions import (
     drift_found,
     drift_kind,
     execute,
+    reads_invoices,
     record_decision,
 )
 from reconciler.engine.observe import plan_metered_features
@@ -257,6 +258,7 @@ class Engine:
                         observed_or_none = guess
                     answered = None
                 if observed_or_none is None:
+                    change = await self._settle(change)
                     observed_or_none = await self.observer.follow(
                         follow[0], now, values, follow[1], soon
                     )
@@ -350,7 +352,7 @@ class Engine:
                     change, durable=True, details={**change.details, "proof_before": before}
                 )
             state = self._passes[customer]
-            if state.durable or not state.acted:
+            if state.durable or state.owed or not state.acted:
                 # The decision, and any marker the mutation relies on, are stored first (this
                 # also finds out, before acting, whether a newer request superseded ours).
                 change = await self._commit_change(change)
@@ -385,8 +387,14 @@ class Engine:
                     self.hooks.on_action(action.kind, "rejected")
                 continue
             last_failure = None
-            # The mutation's audit row, at once, with whatever this step staged.
-            change = await self._commit_change(change)
+            if isinstance(raw, SubscriptionChangeResponse):
+                # The next step plans on the change's answer and, most often, calls nothing
+                # before the pass ends: the audit row goes with the next commit, which comes
+                # before any other call (``_settle``) or ends the pass.
+                self._passes[customer].owed = True
+            else:
+                # The mutation's audit row, at once, with whatever this step staged.
+                change = await self._commit_change(change)
             call = action.request()
             outcome.applied.append(
                 AppliedCall(action.kind, call.method, call.path, call.body, response_summary(raw))
@@ -424,6 +432,12 @@ class Engine:
         return await self._finish(change, result, outcome, observed)
 
     # ------------------------------------------------------------------------------------------
+    async def _settle(self, change: ChangeRecord) -> ChangeRecord:
+        """Commit a mutation's staged audit row before the next OpenMeter call."""
+        if self._passes[change.customer].owed:
+            return await self._commit_change(change)
+        return change
+
     def _plans_nothing(
         self,
         observed: Observed,
@@ -540,6 +554,8 @@ class Engine:
             next_check = now + _backoff(change.attempts + 1)
         details = dict(change.details)
         if status is ChangeStatus.APPLIED and status is not change.status:
+            if reads_invoices(observed):
+                change = await self._settle(change)
             details["credit_due"] = await credit_due(self.client, observed)
         if status is not change.status and status is not ChangeStatus.PENDING:
             n = next_transition(details)

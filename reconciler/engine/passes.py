@@ -2,9 +2,10 @@
 
 Writes are staged and committed together (:meth:`Pass.commit`): before the pass's first
 mutation and before any mutation that needs a durable marker (``proof_before``, ``resuming``),
-right after every mutation (with its audit row), and when the pass ends. A commit is one store
-transaction carrying the change's fields, the audit rows of the calls made since the last one,
-the decisions noted and the events of a status transition, under the pass's claim.
+after every mutation (with its audit row) before any other OpenMeter call, and when the pass
+ends. A commit is one store transaction carrying the change's fields, the audit rows of the
+calls made since the last one, the decisions noted and the events of a status transition,
+under the pass's claim.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Pass:
     customer_id: str | None = None
     durable: bool = False  # a staged field must be stored before the next mutation
     acted: bool = False  # a mutation was sent in this pass
+    # a mutation's audit row is staged, to be committed before the next OpenMeter call
+    owed: bool = False
 
     def stage(self, change: ChangeRecord, *, durable: bool = False, **fields: Any) -> ChangeRecord:
         """Stage fields of the change for the next commit; returns the change as it will be."""
@@ -71,6 +74,7 @@ class Pass:
         audit = [*(self.call_audit.take(customer) if self.call_audit else ()), *self.notes]
         fields, reschedule = self.fields, self.reschedule
         self.fields, self.notes, self.reschedule, self.durable = {}, [], KEEP, False
+        self.owed = False
         if change is None:
             fields = {}
         try:

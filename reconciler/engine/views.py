@@ -232,17 +232,30 @@ def _brief(d: Any) -> Any:
     return {k: d[k] for k in keys if k in d}
 
 
+#: The fields of a subscription ``response_summary`` keeps (model names; shown by alias).
+_BRIEF = {"id", "status", "plan", "active_from", "active_to"}
+
+
 def response_summary(resp: Any) -> Any:
-    """The identifying fields of an OpenMeter response (a change: both subscriptions)."""
+    """The identifying fields of an OpenMeter response (a change: both subscriptions). Only
+    those are dumped: an expanded subscription's phases are never serialised for this."""
     if resp is None:
         return None
     dump = getattr(resp, "model_dump", None)
     if dump is None:
         return resp
-    data: Any = dump(by_alias=True, mode="json", exclude_none=True)
-    if isinstance(data, dict) and "current" in data and "next" in data:
+    fields = getattr(type(resp), "model_fields", {})
+    if "current" in fields and "next" in fields:
+        data: Any = dump(
+            by_alias=True,
+            mode="json",
+            exclude_none=True,
+            include={"current": _BRIEF, "next": _BRIEF},
+        )
         return {"current": _brief(data["current"]), "next": _brief(data["next"])}
-    return _brief(data)
+    if _BRIEF & set(fields):
+        return _brief(dump(by_alias=True, mode="json", exclude_none=True, include=_BRIEF))
+    return _brief(dump(by_alias=True, mode="json", exclude_none=True))
 
 
 def applied_json(a: AppliedCall) -> JsonDoc:

@@ -143,6 +143,19 @@ async def test_the_view_planned_on_is_what_a_read_returns(
         assert seen[0].successor is not None
         assert seen[0].successor.active_from == read.active_to
         assert read.superseding_id == seen[0].successor.id
+        # the applied calls' summaries name what OpenMeter shows (only those fields are dumped)
+        brief = ("id", "status", "plan", "activeFrom", "activeTo")
+        now_current = (await rt.client.get_subscription(planned.id)).model_dump(
+            by_alias=True, mode="json", exclude_none=True
+        )
+        now_next = (await rt.client.get_subscription(seen[0].successor.id)).model_dump(
+            by_alias=True, mode="json", exclude_none=True
+        )
+        assert out.applied[1].result == {
+            "current": {k: now_current[k] for k in brief if k in now_current},
+            "next": {k: now_next[k] for k in brief if k in now_next},
+        }
+        assert set(out.applied[0].result) == {"id", "status", "plan", "activeFrom"}
 
 
 async def test_a_phase_starting_at_the_end_is_read_not_predicted(

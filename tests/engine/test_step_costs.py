@@ -88,7 +88,7 @@ async def test_a_pass_that_finds_the_desired_plan_reads_no_entitlement_value(
     assert sum(n for p, n in got.items() if p.endswith("/value")) >= 2  # before and after
 
 
-async def test_an_upgrade_is_four_store_writes_and_six_reads(
+async def test_an_upgrade_is_three_store_writes_and_six_reads(
     story: Story, rt: Runtime, control: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await onboard(story, "free", START, used=3)
@@ -105,10 +105,10 @@ async def test_an_upgrade_is_four_store_writes_and_six_reads(
 
     assert out.status == "applied" and await story.value() == (3, 549_997)
     assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
-    # writes: before the PATCH (decision, proof_before), its audit row, the POST's audit row
-    # (with the proof), the end of the pass (status, event, next check); reads: the claim and
-    # the alias check.
-    assert tx == {"write": 4, "read": 2}
+    # writes: before the PATCH (decision, proof_before), its audit row, the end of the pass
+    # (the POST's audit row, the proof, status, event, next check: nothing is called between
+    # the POST and the end); reads: the claim and the alias check.
+    assert tx == {"write": 3, "read": 2}
     assert sum(got.values()) == 6, got  # 7 with the plan, cached here
     # the subscription is read with the values and after the edit; after the change the
     # pass plans on OpenMeter's answer (nothing is left to send, so nothing is read)
