@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import inspect
 import json
 import logging
@@ -231,6 +232,14 @@ def _list_param(value: str | Sequence[str] | None) -> list[str] | None:
     return [str(v.value) if isinstance(v, Enum) else str(v) for v in value]
 
 
+class NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing: OpenMeter's API sets no cookies, and an API client carries
+    none from one call to the next (without it httpx parses every response for them)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
 class OpenMeterClient:
     """Async OpenMeter API client. See the module docstring for the retry rules."""
 
@@ -260,6 +269,7 @@ class OpenMeterClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             transport=transport,
+            cookies=NoCookies(),
         )
         if transport is None:
             sockets.install(self._http)  # a cheaper idle-connection check (sockets.py)

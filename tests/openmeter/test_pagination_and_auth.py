@@ -120,6 +120,18 @@ async def test_bearer_token_when_set(router: respx.MockRouter) -> None:
     assert route.calls.last.request.headers["authorization"] == "Bearer om_secret"
 
 
+async def test_cookies_a_response_sets_are_not_sent_back(router: respx.MockRouter) -> None:
+    route = router.get(f"/api/v1/subscriptions/{SUB_ID}").respond(
+        json={**SUBSCRIPTION, "phases": []}, headers={"Set-Cookie": "session=abc; Path=/"}
+    )
+    async with OpenMeterClient(BASE) as c:
+        await c.get_subscription(SUB_ID)
+        await c.get_subscription(SUB_ID)
+        assert len(c._http.cookies) == 0
+    assert route.call_count == 2
+    assert "cookie" not in route.calls.last.request.headers
+
+
 async def test_from_settings(router: respx.MockRouter) -> None:
     route = router.get(f"/api/v1/subscriptions/{SUB_ID}").respond(503)
     settings = Settings(

@@ -108,8 +108,14 @@ def _run_bookkeeping(
     queued: list[bool],
     max_connections: int,
     max_keepalive: int,
+    *,
+    sweep: bool = True,
 ) -> tuple[list[str], list[str], list[str | None]]:
     pool = cls(max_connections=max_connections, max_keepalive_connections=max_keepalive)
+    if isinstance(pool, sockets.LinearPool):
+        # a sweep at every call, as httpcore; or none due (one was just made)
+        pool.sweep_interval = 0.0 if sweep else 3600.0
+        pool._swept_at = pool.clock()
     made = iter(range(1000))
     pool.create_connection = lambda origin: FakeConnection(  # type: ignore[method-assign]
         f"new{next(made)}", (False, False, False, False, True)
@@ -150,6 +156,67 @@ def test_linear_pool_keeps_httpcores_bookkeeping(
         httpcore.AsyncConnectionPool, flags, queued, max_connections, max_keepalive
     )
     assert ours == theirs
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    flags=st.lists(st.tuples(*[st.booleans()] * 5), max_size=12),
+    queued=st.lists(st.booleans(), max_size=5),
+    max_connections=st.integers(1, 14),
+    spare=st.integers(-3, 3),
+)
+def test_between_sweeps_no_expired_connection_is_reused(
+    flags: list[tuple[bool, bool, bool, bool, bool]],
+    queued: list[bool],
+    max_connections: int,
+    spare: int,
+) -> None:
+    """Between sweeps only the connection about to be reused has its socket looked at: as many
+    requests get a connection as with httpcore, none an expired or closed one, and what is kept
+    beyond httpcore's pool is idle connections not looked at yet."""
+    max_keepalive = max(0, max_connections + spare)
+    kept, closing, got = _run_bookkeeping(
+        sockets.LinearPool, flags, queued, max_connections, max_keepalive, sweep=False
+    )
+    kept_h, _, got_h = _run_bookkeeping(
+        httpcore.AsyncConnectionPool, flags, queued, max_connections, max_keepalive
+    )
+    by_name = {f"c{i}": f for i, f in enumerate(flags)}
+    assert sum(g is not None for g in got) == sum(g is not None for g in got_h)
+    for name in got:
+        if name in by_name:
+            closed, expired, _, available, same_origin = by_name[name]
+            assert not closed and not expired and available and same_origin
+    assert not set(kept) & set(closing)
+    assert not any(by_name[n][0] for n in kept if n in by_name)  # closed ones are dropped
+    for name in set(kept) - set(kept_h):
+        if name in by_name:
+            _, expired, idle, _, _ = by_name[name]
+            assert expired and idle
+
+
+def test_idle_connections_are_looked_at_once_a_sweep_is_due() -> None:
+    now = [100.0]
+    pool = sockets.LinearPool(max_connections=4, max_keepalive_connections=4)
+    pool.clock = lambda: now[0]
+    pool._swept_at = now[0]
+    looked: list[str] = []
+
+    class Watched(FakeConnection):
+        def has_expired(self) -> bool:
+            looked.append(self.name)
+            return self.expired
+
+    # idle and expired, but of another origin: never about to be reused
+    stale = Watched("stale", (False, True, True, True, False))
+    pool._connections = [stale]
+    pool._requests = []
+    assert pool._assign_requests_to_connections() == [] and looked == []
+    now[0] += pool.sweep_interval - 0.01
+    assert pool._assign_requests_to_connections() == [] and looked == []
+    now[0] += 0.02
+    assert pool._assign_requests_to_connections() == [stale] and looked == ["stale"]
+    assert pool._connections == []
 
 
 async def test_the_client_pool_is_linear_and_still_reuses_connections() -> None:
