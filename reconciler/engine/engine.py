@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -34,11 +33,10 @@ from reconciler.domain.model import (
     Observed,
     ObservedSubscription,
     Plan,
-    SubscriptionStatus,
-    Timing,
 )
 from reconciler.domain.planner import PlanResult, State, plan
 from reconciler.domain.policy import PolicyError
+from reconciler.engine import proofs
 from reconciler.engine.aliases import one_customer_one_intent
 from reconciler.engine.audit import AuditWriter
 from reconciler.engine.catalog import UnknownPlan
@@ -54,11 +52,17 @@ from reconciler.engine.decisions import (
 from reconciler.engine.observe import plan_metered_features
 from reconciler.engine.passes import Pass
 from reconciler.engine.results import AppliedCall, Hooks, Outcome, OutcomeState
-from reconciler.engine.transitions import failure_events, next_transition, status_event
+from reconciler.engine.transitions import (
+    RETRY_BASE,
+    backoff,
+    failure_events,
+    next_transition,
+    status_after,
+    status_event,
+)
 from reconciler.engine.views import (
     convergence_view,
     response_summary,
-    value_view,
 )
 from reconciler.logs import bound, get_logger
 from reconciler.openmeter import mapping
@@ -83,14 +87,6 @@ from reconciler.store.types import (
 )
 
 log = get_logger("reconciler.engine")
-
-RETRY_BASE = timedelta(seconds=5)
-RETRY_MAX = timedelta(minutes=30)
-AFTER_BOUNDARY = timedelta(seconds=2)
-
-
-def _backoff(attempts: int) -> timedelta:
-    return min(RETRY_MAX, RETRY_BASE * (1 << min(16, max(0, attempts - 1))))
 
 
 def _may_still_be_running(exc: TransportError) -> bool:
@@ -294,11 +290,13 @@ class Engine:
                 if stop is not None:
                     return stop
             change = await self._check_pending_proof(change, observed, outcome)
-            change = await self._clear_resuming(change, observed)
+            cleared = proofs.without_resuming(change, observed)
+            if cleared is not None:
+                change = self._stage(change, details=cleared)
             # A cancelation left behind by our own deletion of a successor (marked durably
             # before the DELETE, so a crash in between is covered) is ours to undo, not a
             # cancelation made outside the reconciler.
-            settled = converged and not _resuming(change, observed)
+            settled = converged and not proofs.resuming(change, observed)
             result = plan(observed, desired, target, self.policy, now, settled=settled)
             if (
                 not has_values
@@ -347,7 +345,7 @@ class Engine:
                     change, durable=True, details={**change.details, "resuming": cur.id}
                 )
             if isinstance(action, EditItems):
-                before = await self._proof_before(change, observed, target)
+                before = await proofs.proof_before(self.observer, observed, target)
                 change = self._stage(
                     change, durable=True, details={**change.details, "proof_before": before}
                 )
@@ -448,7 +446,7 @@ class Engine:
         converged: bool,
     ) -> bool:
         """Whether the planner, on ``observed``, has nothing left to send."""
-        settled = converged and not _resuming(change, observed)
+        settled = converged and not proofs.resuming(change, observed)
         return not plan(observed, desired, target, self.policy, now, settled=settled).actions
 
     async def _plan_features(self, key: str, version: int) -> set[str]:
@@ -463,43 +461,13 @@ class Engine:
         await self.pacer.yield_point()
         return await execute(self.client, action)
 
-    async def _proof_before(
-        self, change: ChangeRecord, observed: Observed, target: Plan
-    ) -> dict[str, Any]:
-        """Usage of every metered feature of the current and target items, right before the
-        edit. The observation that planned the edit has just read the current ones; only the
-        target's features it did not cover are read now."""
-        features = set(observed.values) | plan_metered_features(target)
-        values = dict(observed.values)
-        missing = features - set(values)
-        if missing:
-            values.update(await self.observer.values(observed.customer_id, missing))
-        return {k: value_view(v) for k, v in sorted(values.items())}
-
     async def _proof_after(
-        self,
-        change: ChangeRecord,
-        customer_id: str,
-        before: Mapping[str, Any],
-        outcome: Outcome,
+        self, change: ChangeRecord, customer_id: str, before: Mapping[str, Any], outcome: Outcome
     ) -> tuple[ChangeRecord, dict[str, EntitlementValue]]:
-        after_vals = await self.observer.values(customer_id, before.keys())
-        after = {k: value_view(v) for k, v in sorted(after_vals.items())}
-        lost = _usage_lost(before, after)
-        outcome.usage_not_preserved.extend(lost)
-        for feature in lost:
-            if self.hooks.on_usage_not_preserved:
-                self.hooks.on_usage_not_preserved(feature.split(":")[0])
-        details = {k: v for k, v in change.details.items() if k != "proof_before"}
-        details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
-        details["entitlements_after"] = after
-        return self._stage(change, details=details), after_vals
-
-    async def _clear_resuming(self, change: ChangeRecord, observed: Observed) -> ChangeRecord:
-        if change.details.get("resuming") is None or _resuming(change, observed):
-            return change
-        details = {k: v for k, v in change.details.items() if k != "resuming"}
-        return self._stage(change, details=details)
+        details, after_values = await proofs.proof_after(
+            self.observer, self.hooks, change, customer_id, before, outcome
+        )
+        return self._stage(change, details=details), after_values
 
     async def _check_pending_proof(
         self, change: ChangeRecord, observed: Observed, outcome: Outcome
@@ -536,22 +504,7 @@ class Engine:
             log.warning("cancelation_respected", reason=result.reason)
             return outcome
         events: list[NewEvent] = []
-        next_check: datetime | None
-        if result.state is State.CONVERGED:
-            status = ChangeStatus.CONVERGED
-            next_check = None
-        elif result.state is State.WAITING:
-            status = (
-                ChangeStatus.APPLIED
-                if (result.timing or change.timing) is Timing.IMMEDIATE
-                else ChangeStatus.SCHEDULED
-            )
-            # A deferred plan-record change is looked at again when it may be scheduled.
-            when = result.next_check_at or result.converges_at or now
-            next_check = max(when, now) + AFTER_BOUNDARY
-        else:  # still acting after max_steps: come back soon
-            status = ChangeStatus.PENDING
-            next_check = now + _backoff(change.attempts + 1)
+        status, next_check = status_after(result, change, now)
         details = dict(change.details)
         if status is ChangeStatus.APPLIED and status is not change.status:
             if reads_invoices(observed):
@@ -616,7 +569,7 @@ class Engine:
     async def _retry_later(self, change: ChangeRecord, exc: OpenMeterError) -> Outcome:
         now = await self.clock.now()
         attempts = change.attempts + 1
-        retry_at = now + _backoff(attempts)
+        retry_at = now + backoff(attempts)
         detail = f"{type(exc).__name__}: {exc.detail or exc}"
         change = self._stage(change, attempts=attempts, last_error=detail, next_attempt_at=retry_at)
         self._schedule(change.customer, retry_at)
@@ -641,24 +594,3 @@ class Engine:
             data={"action": action.kind},
         )
         return await self._commit_change(change)
-
-
-def _resuming(change: ChangeRecord, observed: Observed) -> bool:
-    """True while the current subscription is canceled because we deleted its successor."""
-    cur = observed.current
-    return (
-        cur is not None
-        and cur.status is SubscriptionStatus.CANCELED
-        and change.details.get("resuming") == cur.id
-    )
-
-
-def _usage_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    lost = []
-    for feature, b in before.items():
-        a = after.get(feature)
-        if not b or not a or b.get("usage") is None:
-            continue
-        if a.get("usage") is None or Decimal(str(a["usage"])) < Decimal(str(b["usage"])):
-            lost.append(f"{feature}: usage {b['usage']} -> {a.get('usage')}")
-    return lost

@@ -8,14 +8,41 @@ change healed back through a status never emits a duplicate.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler.domain.model import Timing
-from reconciler.domain.planner import PlanResult
+from reconciler.domain.planner import PlanResult, State
 from reconciler.domain.timefmt import iso_offset
 from reconciler.store.types import ChangeRecord, ChangeStatus, NewEvent
 
 FAILED = "plan_change.failed"
+
+RETRY_BASE = timedelta(seconds=5)
+RETRY_MAX = timedelta(minutes=30)
+AFTER_BOUNDARY = timedelta(seconds=2)
+
+
+def backoff(attempts: int) -> timedelta:
+    """How long a change waits before its next attempt, after ``attempts`` failed ones."""
+    return min(RETRY_MAX, RETRY_BASE * (1 << min(16, max(0, attempts - 1))))
+
+
+def status_after(
+    result: PlanResult, change: ChangeRecord, now: datetime
+) -> tuple[ChangeStatus, datetime | None]:
+    """The change's status once a pass planned ``result`` (neither refused nor a cancelation
+    respected), and when it is looked at next (None: only when something changes)."""
+    if result.state is State.CONVERGED:
+        return ChangeStatus.CONVERGED, None
+    if result.state is State.WAITING:
+        immediate = (result.timing or change.timing) is Timing.IMMEDIATE
+        # A deferred plan-record change is looked at again when it may be scheduled.
+        when = result.next_check_at or result.converges_at or now
+        status = ChangeStatus.APPLIED if immediate else ChangeStatus.SCHEDULED
+        return status, max(when, now) + AFTER_BOUNDARY
+    # still acting after max_steps: come back soon
+    return ChangeStatus.PENDING, now + backoff(change.attempts + 1)
 
 
 def next_transition(details: dict[str, Any]) -> int:
