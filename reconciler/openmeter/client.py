@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.cookiejar
 import inspect
 import json
 import logging
@@ -232,12 +231,29 @@ def _list_param(value: str | Sequence[str] | None) -> list[str] | None:
     return [str(v.value) if isinstance(v, Enum) else str(v) for v in value]
 
 
-class NoCookies(http.cookiejar.CookieJar):
-    """A jar that keeps nothing: OpenMeter's API sets no cookies, and an API client carries
-    none from one call to the next (without it httpx parses every response for them)."""
+class NoCookies(httpx.Cookies):
+    """Cookies that stay empty: OpenMeter's API sets none, and an API client carries none from
+    one call to the next (httpx would otherwise wrap and parse every response for them)."""
 
-    def extract_cookies(self, response: Any, request: Any) -> None:
+    def extract_cookies(self, response: httpx.Response) -> None:
         return None
+
+
+class _HTTPClient(httpx.AsyncClient):
+    """httpx's client, without a cookie jar (``NoCookies``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._no_cookies = NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        if cookies:
+            raise ValueError("the OpenMeter client keeps no cookies")
 
 
 class OpenMeterClient:
@@ -261,7 +277,7 @@ class OpenMeterClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.AsyncClient(
+        self._http = _HTTPClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
@@ -269,7 +285,6 @@ class OpenMeterClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             transport=transport,
-            cookies=NoCookies(),
         )
         if transport is None:
             sockets.install(self._http)  # a cheaper idle-connection check (sockets.py)
