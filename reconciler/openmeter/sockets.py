@@ -15,14 +15,14 @@ passed through.
 decides whether to close a surplus idle connection by counting the pool again for every idle
 connection, so each request costs a number of ``is_idle`` calls quadratic in the pool's size:
 about 1,800 calls per request with 30 connections, 9–11 % of the service's samples holding the
-GIL in the same profile (sixth and eighth sessions). ``LinearPool`` does the same bookkeeping
+GIL in the same profile (sixth and seventh sessions). ``LinearPool`` does the same bookkeeping
 in one pass: the count it compares with the keep-alive limit is the pool's size, as it already
 is in httpcore (the counted list holds every connection, idle or not), and the first usable,
 or else the first idle, connection for each queued request is found without building lists.
 ``tests/openmeter/test_sockets.py`` runs both on random pools and compares every outcome.
 
 **Looking at idle sockets less often.** Even one ``poll`` per idle connection, twice per
-request, was 8 % of the event loop's samples in the ninth session's profile (the same burst).
+request, was 8 % of the event loop's samples in the eighth session's profile (the same burst).
 ``LinearPool`` looks at every idle connection's socket at most once per ``sweep_interval``
 (1 s) and, between sweeps, only at the one it is about to reuse — so no request is handed a
 connection the server closed, as before; an idle connection that expired meanwhile is closed

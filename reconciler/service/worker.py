@@ -4,7 +4,8 @@ and (on the leader replica) sweeps over OpenMeter's customers.
 * **Requests** (webhooks, admin API) call :meth:`Worker.kick` after the change is stored: the
   customer is reconciled at once, not at the next poll.
 * **Due work** (retries with backoff, changes waiting for a billing boundary) is polled every
-  ``due_poll_seconds`` with ``store.claim_due(now)``.
+  ``due_poll_seconds`` with ``store.claim_due(now)`` (only then: a kick starts its customer
+  without querying the store for due work).
 * **Sweeps** (leader only, every ``sweep_interval_seconds``) list OpenMeter's customers page by
   page and reconcile those whose desired state is not what OpenMeter shows (a change made by hand,
   a boundary passed while the reconciler was down, a scheduled change that vanished, items
@@ -208,6 +209,9 @@ class Worker:
         self._sem = asyncio.Semaphore(s.concurrency)
         self._wake = asyncio.Event()
         self._kicked: dict[str, None] = {}
+        # the due poll asked for due work (a kick alone does not: its customer is started
+        # directly, and a store query per webhook would slow intake for nothing)
+        self._due_wanted = False
         self._inflight: dict[str, asyncio.Task[str | None]] = {}
         self._rerun: set[str] = set()
         self._backoff: dict[str, tuple[float, float]] = {}  # customer -> (not before, delay)
@@ -355,6 +359,7 @@ class Worker:
         self._wake.set()
 
     async def _poll_due(self) -> None:
+        self._due_wanted = True
         self._wake.set()
 
     async def _dispatch_loop(self) -> None:
@@ -368,8 +373,9 @@ class Worker:
             for name in names:
                 self._start(name, "request")
             room = max(0, 2 * self.concurrency - len(self._inflight))
-            if room == 0:
-                continue
+            if not self._due_wanted or room == 0:
+                continue  # no room: the next wake looks again
+            self._due_wanted = False
             try:
                 now = await self.rt.clock.now()
                 due = await self.rt.store.claim_due(now, limit=room)

@@ -312,3 +312,29 @@ def test_fuzzed_requests_never_5xx_and_never_store_half(
     else:
         assert r.headers["content-type"] in ("application/problem+json", "application/json")
         assert after == before
+
+
+def test_webhooks_start_their_customers_without_a_query_for_due_work(
+    emu: Emu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kick starts its customer at once; due work is asked of the store only by the due
+    poll (here once an hour), not once per webhook."""
+    s = make_settings(emu.url, f"sqlite:///{tmp_path}/due.db", due_poll_seconds=3600)
+    with ServiceServer(s) as svc:
+        store = svc.service.rt().store
+        time.sleep(0.3)  # the first poll, at start
+        asked: list[int] = []
+        real = store.claim_due
+
+        async def counted(now: datetime, limit: int = 100) -> list[str]:
+            asked.append(limit)
+            return await real(now, limit)
+
+        monkeypatch.setattr(store, "claim_due", counted)
+        names = [f"kick{i}" for i in range(5)]
+        for name in names:
+            emu.customer(name)
+            assert svc.webhook(plan_change(name, "starter")).status_code == 202
+        for name in names:
+            wait_for(lambda name=name: patches(emu, name), timeout=10, interval=0.02)
+        assert asked == []
