@@ -4,7 +4,9 @@ sockets: a pooled connection the server has closed is still found and replaced."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpcore
 import httpx
@@ -30,6 +32,21 @@ def test_is_readable_sees_the_peer_close() -> None:
     assert sockets.is_readable(None) is True
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[OpenMeterClient]:
+    """A client of a loopback server answering with ``serve``; the server is closed after."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with OpenMeterClient(f"http://127.0.0.1:{port}", read_retries=0) as client:
+            yield client
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_the_client_uses_it_and_replaces_a_connection_the_server_closed() -> None:
     """The server answers each request and then closes the connection without saying so
     (keep-alive implied): the client's next request must not go to the dead connection."""
@@ -43,21 +60,15 @@ async def test_the_client_uses_it_and_replaces_a_connection_the_server_closed() 
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with OpenMeterClient(f"http://127.0.0.1:{port}", read_retries=0) as client:
-            pool = client._http._transport._pool  # type: ignore[attr-defined]
-            assert isinstance(pool, httpcore.AsyncConnectionPool)
-            assert isinstance(pool._network_backend, sockets.CachedSocketBackend)
-            for _ in range(3):
-                r = await client._http.get("/api/v1/anything")
-                assert r.status_code == 200 and r.json() == []
-                await asyncio.sleep(0.05)  # the server's close arrives
-        assert connections == 3
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(serve) as client:
+        pool = client._http._transport._pool  # type: ignore[attr-defined]
+        assert isinstance(pool, httpcore.AsyncConnectionPool)
+        assert isinstance(pool._network_backend, sockets.CachedSocketBackend)
+        for _ in range(3):
+            r = await client._http.get("/api/v1/anything")
+            assert r.status_code == 200 and r.json() == []
+            await asyncio.sleep(0.05)  # the server's close arrives
+    assert connections == 3
 
 
 def test_install_leaves_other_transports_alone() -> None:
@@ -137,13 +148,17 @@ def _run_bookkeeping(
     )
 
 
-@settings(max_examples=400, deadline=None)
-@given(
+#: Random pools: each connection's five answers, which requests are queued, the limits.
+random_pools = given(
     flags=st.lists(st.tuples(*[st.booleans()] * 5), max_size=12),
     queued=st.lists(st.booleans(), max_size=5),
     max_connections=st.integers(1, 14),
     spare=st.integers(-3, 3),
 )
+
+
+@settings(max_examples=400, deadline=None)
+@random_pools
 def test_linear_pool_keeps_httpcores_bookkeeping(
     flags: list[tuple[bool, bool, bool, bool, bool]],
     queued: list[bool],
@@ -159,12 +174,7 @@ def test_linear_pool_keeps_httpcores_bookkeeping(
 
 
 @settings(max_examples=400, deadline=None)
-@given(
-    flags=st.lists(st.tuples(*[st.booleans()] * 5), max_size=12),
-    queued=st.lists(st.booleans(), max_size=5),
-    max_connections=st.integers(1, 14),
-    spare=st.integers(-3, 3),
-)
+@random_pools
 def test_between_sweeps_no_expired_connection_is_reused(
     flags: list[tuple[bool, bool, bool, bool, bool]],
     queued: list[bool],
@@ -235,19 +245,11 @@ async def test_the_client_pool_is_linear_and_still_reuses_connections() -> None:
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with OpenMeterClient(f"http://127.0.0.1:{port}", read_retries=0) as client:
-            pool = client._http._transport._pool  # type: ignore[attr-defined]
-            assert type(pool) is sockets.LinearPool
-            for _ in range(4):
-                got = await asyncio.gather(
-                    *(client._http.get("/api/v1/anything") for _ in range(5))
-                )
-                assert [r.json() for r in got] == [[]] * 5
-            assert len(pool.connections) == 5
-        assert connections == 5
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(serve) as client:
+        pool = client._http._transport._pool  # type: ignore[attr-defined]
+        assert type(pool) is sockets.LinearPool
+        for _ in range(4):
+            got = await asyncio.gather(*(client._http.get("/api/v1/anything") for _ in range(5)))
+            assert [r.json() for r in got] == [[]] * 5
+        assert len(pool.connections) == 5
+    assert connections == 5
