@@ -253,8 +253,11 @@ class Engine:
                     ):
                         observed_or_none = guess
                     answered = None
+            if observed_or_none is None:
+                # Whatever is read next, a mutation's staged audit row is committed first.
+                change = await self._settle(change)
+            if follow is not None and values is not None:
                 if observed_or_none is None:
-                    change = await self._settle(change)
                     observed_or_none = await self.observer.follow(
                         follow[0], now, values, follow[1], soon
                     )

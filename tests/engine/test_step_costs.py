@@ -352,3 +352,37 @@ async def test_a_customer_addressed_by_key_is_not_looked_up(
     assert [r["method"] + " " + r["path"] for r in log if r["method"] != "GET"] == [
         "POST /api/v1/subscriptions"
     ]
+
+
+async def test_a_call_after_a_scheduled_change_comes_after_its_audit_row(
+    story: Story, rt: Runtime, control: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A downgrade's ``POST change``: its audit row is staged, and committed before anything
+    else is read from OpenMeter (here: its answer is not planned on, so the next step reads)."""
+    await onboard(story, "starter", START, used=3)
+    await story.request("free")
+    seen: list[tuple[bool, bool]] = []  # (the POST was served, its audit row is stored)
+    observer = rt.engine.observer
+
+    def watched(real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            posted = ("POST", "change") in await mutations(control)
+            audit = await rt.store.list_audit(customer="acme", limit=100)
+            stored = any(
+                a.kind is AuditKind.CALL and a.method == "POST" and "change" in (a.path or "")
+                for a in audit
+            )
+            seen.append((posted, stored))
+            return await real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(observer, "answered", lambda *a, **k: None)
+    monkeypatch.setattr(observer, "observe", watched(observer.observe))
+    monkeypatch.setattr(observer, "follow", watched(observer.follow))
+    out = await story.reconcile()
+
+    assert out.status == "scheduled"
+    assert await mutations(control) == [("POST", "change")]
+    assert (True, True) in seen  # read again after the POST, its row already stored
+    assert (True, False) not in seen
