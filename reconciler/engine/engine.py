@@ -244,15 +244,19 @@ class Engine:
         for step in range(self.max_steps):
             now = await self.clock.now()
             observed_or_none = None
-            if follow is not None and values is not None:
-                if answered is not None and follow[1] is not None:
-                    # After our own change: its answer, if planning on it sends nothing.
-                    guess = self.observer.answered(follow[0], now, values, follow[1], answered)
-                    if guess is not None and self._plans_nothing(
-                        guess, change, desired, target, now, converged
-                    ):
-                        observed_or_none = guess
-                    answered = None
+            if (
+                follow is not None
+                and values is not None
+                and answered is not None
+                and follow[1] is not None
+            ):
+                # After our own change: its answer, if planning on it sends nothing.
+                guess = self.observer.answered(follow[0], now, values, follow[1], answered)
+                if guess is not None and self._plans_nothing(
+                    guess, change, desired, target, now, converged
+                ):
+                    observed_or_none = guess
+                answered = None
             if observed_or_none is None:
                 # Whatever is read next, a mutation's staged audit row is committed first.
                 change = await self._settle(change)
