@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import calls, emulator_speed, intake, latency, sweep, upgrade
+from benchmarks import calls, emulator_speed, intake, latency, submit, sweep, upgrade
 
 
 @pytest.mark.slow
@@ -69,3 +69,12 @@ def test_upgrade_vs_bare_smoke() -> None:
         (r,) = row["burst"][side]
         assert r["mutations"] == 12 and r["kinds"] == ["PATCH", "POST change"], r
         assert r["cpu_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_submit_smoke() -> None:
+    """The store's submit and the bare psycopg call each stored every request they made."""
+    out = submit.run(requests=20, rounds=1)
+    assert out["stored"] == out["expected_stored"] == 140
+    assert out["store"]["cpu_ms"] > 0 and out["psycopg"]["cpu_ms"] > 0
