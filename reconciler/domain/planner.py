@@ -2,8 +2,9 @@
 
 ``plan()`` is pure and total: for any observation it either returns the ordered actions that
 lead to the goal (assuming each succeeds), an empty list when the customer already is where the
-desired state says, or a refusal with a reason. The engine executes only the first action, then
-observes again and calls ``plan()`` again, so every step is re-derived from what OpenMeter shows
+desired state says, or a refusal with a reason. The engine executes only the first action (an
+upgrade's change also goes out on the edit's answer, ``engine._pipelined``), then observes again
+and calls ``plan()`` again, so every step is re-derived from what OpenMeter shows
 (level-triggered; see docs/ENGINE.md).
 
 The goal for a target plan T, given the policy's timing:

@@ -33,6 +33,7 @@ from reconciler.domain.model import (
     Observed,
     ObservedSubscription,
     Plan,
+    SubscriptionStatus,
 )
 from reconciler.domain.planner import PlanResult, State, plan
 from reconciler.domain.policy import PolicyError
@@ -93,6 +94,40 @@ def _may_still_be_running(exc: TransportError) -> bool:
     """A mutation whose response timed out was sent and may still be in progress server-side
     (a dropped connection, by contrast, means the server has finished with it)."""
     return exc.ambiguous and isinstance(exc.cause, httpx.TimeoutException)
+
+
+def _pipelined(
+    result: PlanResult, edit: EditItems, observed: Observed, answer: Any
+) -> ScheduleChange | None:
+    """The plan's next action after ``edit``, to send on the edit's answer without observing
+    again: a change scheduled on the same subscription, when the answer shows that subscription
+    as the plan saw it (still active, no end, nothing scheduled after it).
+
+    An in-place edit changes the subscription's items, nothing the change's request depends on
+    (its plan, the billing boundary, the phase it starts in), and OpenMeter applies an edit's
+    operations together or not at all; the edit's answer is OpenMeter's own word on the rest.
+    So the plan made before the edit still holds, and the round trip of observing it again is
+    saved. What the edit left is still read (the re-read and the proof's after-read run while
+    the change is sent) and the next step plans on it: an edit made meanwhile by someone else
+    is healed from there, level-triggered."""
+    if len(result.actions) < 2 or result.actions[0] is not edit:
+        return None
+    nxt = result.actions[1]
+    cur = observed.current
+    if not isinstance(nxt, ScheduleChange) or cur is None or observed.successor is not None:
+        return None
+    if not isinstance(answer, Subscription) or nxt.subscription_id != edit.subscription_id:
+        return None
+    return (
+        nxt
+        if answer.id == cur.id == edit.subscription_id
+        and cur.status is SubscriptionStatus.ACTIVE
+        and cur.active_to is None
+        and str(getattr(answer.status, "value", answer.status)) == "active"
+        and answer.active_to is None
+        and not (answer.annotations or {}).get("subscription.superseding.id")
+        else None
+    )
 
 
 def _same_call(a: Action, b: Action) -> bool:
@@ -234,6 +269,13 @@ class Engine:
         answered: Subscription | None = None
         target_features = plan_metered_features(target)
         guessed: list[str] = []
+        # An edit's next action sent on the edit's answer (``_pipelined``), and the edit's proof
+        # still being read meanwhile (its ``proof_before`` and the after-read, started at once).
+        queued: Action | None = None
+        proof_of: tuple[str, Mapping[str, Any]] | None = None  # (customer id, proof_before)
+        proof_read: Awaitable[dict[str, EntitlementValue] | None] | None = None
+        # The re-read of the edited subscription, started with the after-read.
+        pending: Awaitable[ObservedSubscription | None] | None = None
 
         async def prefetch(listed: tuple[str, int] | None) -> set[str] | None:
             if listed == (target.key, target.version):
@@ -243,101 +285,116 @@ class Engine:
 
         for step in range(self.max_steps):
             now = await self.clock.now()
-            observed_or_none = None
-            if (
-                follow is not None
-                and values is not None
-                and answered is not None
-                and follow[1] is not None
-            ):
-                # After our own change: its answer, if planning on it sends nothing.
-                guess = self.observer.answered(follow[0], now, values, follow[1], answered)
-                if guess is not None and self._plans_nothing(
-                    guess, change, desired, target, now, converged
-                ):
-                    observed_or_none = guess
-                answered = None
-            if observed_or_none is None:
-                # Whatever is read next, a mutation's staged audit row is committed first.
-                change = await self._settle(change)
-            if follow is not None and values is not None:
-                if observed_or_none is None:
-                    observed_or_none = await self.observer.follow(
-                        follow[0], now, values, follow[1], soon
+            if queued is not None:
+                # The plan's next action, sent on the edit's answer (``_pipelined``).
+                action, queued = queued, None
+            else:
+                if proof_read is not None and proof_of is not None:
+                    # The proof of an edit whose next action was sent on its answer.
+                    change, after_values = await self._take_proof(
+                        change, *proof_of, proof_read, outcome
                     )
-                follow = None
-            # Entitlement values are read only once a decision may depend on them (below).
-            has_values = observed_or_none is not None or values is not None
-            # A new request is about to be acted on: its values are read with the current
-            # subscription, not after it (one round trip less before the mutation).
-            fresh = step == 0 and change.status is ChangeStatus.PENDING
-            guessed.clear()
-            observed = observed_or_none or await self.observer.observe(
-                customer,
-                now,
-                identity=identity,
-                known_values=values,
-                values=False,
-                prefetch=prefetch if fresh else None,
-            )
-            has_values = has_values or bool(guessed and observed.current is not None)
-            if observed.current is not None and observed.current.phase_at(now) is None:
-                # A billing boundary passed between our clock read and OpenMeter computing the
-                # statuses (the next subscription is already current): read the clock again,
-                # never earlier than OpenMeter's view, and observe again before planning.
-                now = max(await self.clock.now(), observed.current.active_from)
-                observed = await self.observer.observe(customer, now, identity=identity)
-                has_values = True
-            identity = (observed.customer_id, observed.customer_key)
-            values = dict(observed.values) if has_values else None
-            if step == 0:
-                change, stop = await one_customer_one_intent(
-                    self.store, self._passes[customer], change, observed, now, RETRY_BASE
+                    proof_read = proof_of = pending = None
+                    values = {**(values or {}), **after_values}
+                    if outcome.usage_not_preserved:
+                        return await self._usage_lost(change, outcome)
+                observed_or_none = None
+                if (
+                    follow is not None
+                    and values is not None
+                    and answered is not None
+                    and follow[1] is not None
+                ):
+                    # After our own change: its answer, if planning on it sends nothing.
+                    guess = self.observer.answered(follow[0], now, values, follow[1], answered)
+                    if guess is not None and self._plans_nothing(
+                        guess, change, desired, target, now, converged
+                    ):
+                        observed_or_none = guess
+                    answered = None
+                if observed_or_none is None:
+                    # Whatever is read next, a mutation's staged audit row is committed first.
+                    change = await self._settle(change)
+                if follow is not None and values is not None:
+                    if observed_or_none is None:
+                        observed_or_none = await self.observer.follow(
+                            follow[0], now, values, follow[1], soon
+                        )
+                    follow = None
+                # Entitlement values are read only once a decision may depend on them (below).
+                has_values = observed_or_none is not None or values is not None
+                # A new request is about to be acted on: its values are read with the current
+                # subscription, not after it (one round trip less before the mutation).
+                fresh = step == 0 and change.status is ChangeStatus.PENDING
+                guessed.clear()
+                observed = observed_or_none or await self.observer.observe(
+                    customer,
+                    now,
+                    identity=identity,
+                    known_values=values,
+                    values=False,
+                    prefetch=prefetch if fresh else None,
                 )
-                if stop is not None:
-                    return stop
-            change = await self._check_pending_proof(change, observed, outcome)
-            cleared = proofs.without_resuming(change, observed)
-            if cleared is not None:
-                change = self._stage(change, details=cleared)
-            # A cancelation left behind by our own deletion of a successor (marked durably
-            # before the DELETE, so a crash in between is covered) is ours to undo, not a
-            # cancelation made outside the reconciler.
-            settled = converged and not proofs.resuming(change, observed)
-            result = plan(observed, desired, target, self.policy, now, settled=settled)
-            if (
-                not has_values
-                and observed.current is not None
-                and (result.actions or result.direction is not Direction.NOOP)
-            ):
-                # Usage may matter (the policy's rules, the decision's record, the proof): read
-                # the values and plan again. A pass that finds the customer on the desired plan
-                # (the policy says NOOP without consulting usage) never needs them.
-                observed = await self.observer.with_values(observed, now)
-                values = dict(observed.values)
+                has_values = has_values or bool(guessed and observed.current is not None)
+                if observed.current is not None and observed.current.phase_at(now) is None:
+                    # A billing boundary passed between our clock read and OpenMeter computing the
+                    # statuses (the next subscription is already current): read the clock again,
+                    # never earlier than OpenMeter's view, and observe again before planning.
+                    now = max(await self.clock.now(), observed.current.active_from)
+                    observed = await self.observer.observe(customer, now, identity=identity)
+                    has_values = True
+                identity = (observed.customer_id, observed.customer_key)
+                values = dict(observed.values) if has_values else None
+                if step == 0:
+                    change, stop = await one_customer_one_intent(
+                        self.store, self._passes[customer], change, observed, now, RETRY_BASE
+                    )
+                    if stop is not None:
+                        return stop
+                change = await self._check_pending_proof(change, observed, outcome)
+                cleared = proofs.without_resuming(change, observed)
+                if cleared is not None:
+                    change = self._stage(change, details=cleared)
+                # A cancelation left behind by our own deletion of a successor (marked durably
+                # before the DELETE, so a crash in between is covered) is ours to undo, not a
+                # cancelation made outside the reconciler.
+                settled = converged and not proofs.resuming(change, observed)
                 result = plan(observed, desired, target, self.policy, now, settled=settled)
-            if addons_matter(result) and observed.addons is None:
-                # OpenMeter refuses to edit a subscription with add-ons: one read, only now
-                observed = await self.observer.with_addons(observed)
-            mode = getattr(self.policy, "addons", AddonMode.REFUSE)
-            result = addon_gate(result, observed, target, mode, desired.change_id)
-            if step == 0:
-                p = self._passes[customer]
-                change = record_decision(p, change, result, observed, await self.clock.now())
-                if converged and result.actions:
-                    drift_found(p, change, observed, target, result, now)
-                    if self.hooks.on_drift_found:
-                        self.hooks.on_drift_found(drift_kind(observed, target))
-            if result.convergence is not None:
-                # When and why the plan record converges, as decided by the step that chose
-                # it (later steps find its successor scheduled and decide nothing more).
-                view = convergence_view(result)
-                if change.details.get("convergence") != view:
-                    change = self._stage(change, details={**change.details, "convergence": view})
-            outcome.result = result
-            if not result.actions:
-                break
-            action = result.actions[0]
+                if (
+                    not has_values
+                    and observed.current is not None
+                    and (result.actions or result.direction is not Direction.NOOP)
+                ):
+                    # Usage may matter (the policy's rules, the decision's record, the proof): read
+                    # the values and plan again. A pass that finds the customer on the desired plan
+                    # (the policy says NOOP without consulting usage) never needs them.
+                    observed = await self.observer.with_values(observed, now)
+                    values = dict(observed.values)
+                    result = plan(observed, desired, target, self.policy, now, settled=settled)
+                if addons_matter(result) and observed.addons is None:
+                    # OpenMeter refuses to edit a subscription with add-ons: one read, only now
+                    observed = await self.observer.with_addons(observed)
+                mode = getattr(self.policy, "addons", AddonMode.REFUSE)
+                result = addon_gate(result, observed, target, mode, desired.change_id)
+                if step == 0:
+                    p = self._passes[customer]
+                    change = record_decision(p, change, result, observed, await self.clock.now())
+                    if converged and result.actions:
+                        drift_found(p, change, observed, target, result, now)
+                        if self.hooks.on_drift_found:
+                            self.hooks.on_drift_found(drift_kind(observed, target))
+                if result.convergence is not None:
+                    # When and why the plan record converges, as decided by the step that chose
+                    # it (later steps find its successor scheduled and decide nothing more).
+                    view = convergence_view(result)
+                    if change.details.get("convergence") != view:
+                        change = self._stage(
+                            change, details={**change.details, "convergence": view}
+                        )
+                outcome.result = result
+                if not result.actions:
+                    break
+                action = result.actions[0]
             if last_failure is not None and _same_call(last_failure[0], action):
                 err = last_failure[1]
                 return await self._fail(
@@ -392,6 +449,16 @@ class Engine:
                     self.hooks.on_action(action.kind, "rejected")
                 continue
             last_failure = None
+            soon = None
+            edit_proof = isinstance(action, EditItems) and before is not None
+            if not isinstance(raw, SubscriptionChangeResponse) and (
+                isinstance(action, (EditItems, ScheduleChange))
+            ):
+                # The next step's read, and the proof's after-read of an edit, start now: they
+                # overlap the mutation's commit below (and the action sent on the edit's answer).
+                soon = self.observer.read_current_soon(observed)
+            if edit_proof and before is not None:
+                proof_read = self.observer.values_soon(observed.customer_id, before.keys())
             if isinstance(raw, SubscriptionChangeResponse):
                 # The next step plans on the change's answer and, most often, calls nothing
                 # before the pass ends: the audit row goes with the next commit, which comes
@@ -410,25 +477,44 @@ class Engine:
                 self.hooks.on_drift_healed(action.kind)
             if self._after_action is not None:
                 await self._after_action(action)
-            soon = None
+            if edit_proof and before is not None and isinstance(action, EditItems):
+                last_step = step + 1 >= self.max_steps
+                queued = (
+                    None
+                    if last_step or result is None
+                    else _pipelined(result, action, observed, raw)
+                )
+                if queued is not None:
+                    # Sent next without observing again; the proof and the re-read finish
+                    # after it (below, on the queued action's answer).
+                    proof_of, pending, soon = (observed.customer_id, before), soon, None
+                    continue
+                change, after_values = await self._take_proof(
+                    change, observed.customer_id, before, proof_read, outcome
+                )
+                proof_read = None
+                values = {**(values or {}), **after_values}
+                if outcome.usage_not_preserved:
+                    return await self._usage_lost(change, outcome)
+            elif proof_of is not None and proof_read is not None:
+                # The action sent on an edit's answer has been answered: the edit's proof, then
+                # what to plan on next (the re-read made after the edit, and this answer).
+                change, after_values = await self._take_proof(
+                    change, *proof_of, proof_read, outcome
+                )
+                proof_read = proof_of = None
+                values = {**(values or {}), **after_values}
+                if outcome.usage_not_preserved:
+                    return await self._usage_lost(change, outcome)
+                if isinstance(raw, SubscriptionChangeResponse) and pending is not None:
+                    follow, answered, soon = self.observer.after_change(
+                        observed, now, values, await pending, raw
+                    )
+                pending = None
+                continue
             if isinstance(raw, SubscriptionChangeResponse):
                 # the next step plans on the change's answer (``Observer.answered``)
                 answered = raw.current
-            elif isinstance(action, (EditItems, ScheduleChange)):
-                # the next step's read, overlapping the proof's after-read
-                soon = self.observer.read_current_soon(observed)
-            if isinstance(action, EditItems) and before is not None:
-                change, after_values = await self._proof_after(
-                    change, observed.customer_id, before, outcome
-                )
-                values = {**(values or {}), **after_values}
-                if outcome.usage_not_preserved:
-                    return await self._fail(
-                        change,
-                        "usage_not_preserved: " + "; ".join(outcome.usage_not_preserved),
-                        event="plan_change.usage_not_preserved",
-                        outcome=outcome,
-                    )
             if isinstance(action, EditItems):
                 follow = (observed, observed.successor)
             elif isinstance(raw, SubscriptionChangeResponse):
@@ -475,6 +561,30 @@ class Engine:
             self.observer, self.hooks, change, customer_id, before, outcome
         )
         return self._stage(change, details=details), after_values
+
+    async def _take_proof(
+        self,
+        change: ChangeRecord,
+        customer_id: str,
+        before: Mapping[str, Any],
+        read: Awaitable[dict[str, EntitlementValue] | None] | None,
+        outcome: Outcome,
+    ) -> tuple[ChangeRecord, dict[str, EntitlementValue]]:
+        """Finish an edit's proof with the after-read started right after the edit; when that
+        read failed, read again now (an error then retries the pass, ``proof_before`` stays)."""
+        got = await read if read is not None else None
+        if got is None:
+            return await self._proof_after(change, customer_id, before, outcome)
+        details = proofs.finished(self.hooks, change, before, got, outcome)
+        return self._stage(change, details=details), got
+
+    async def _usage_lost(self, change: ChangeRecord, outcome: Outcome) -> Outcome:
+        return await self._fail(
+            change,
+            "usage_not_preserved: " + "; ".join(outcome.usage_not_preserved),
+            event="plan_change.usage_not_preserved",
+            outcome=outcome,
+        )
 
     async def _check_pending_proof(
         self, change: ChangeRecord, observed: Observed, outcome: Outcome

@@ -24,7 +24,7 @@ from reconciler.engine.pacing import Pacer
 from reconciler.openmeter import mapping
 from reconciler.openmeter.client import OpenMeterClient
 from reconciler.openmeter.errors import OpenMeterError
-from reconciler.openmeter.models import Subscription
+from reconciler.openmeter.models import Subscription, SubscriptionChangeResponse
 
 LIVE = ("active", "canceled")
 
@@ -241,6 +241,50 @@ class Observer:
             return None
         return asyncio.ensure_future(self._read_current(cur.id))
 
+    def values_soon(
+        self, customer_id: str, features: Iterable[str]
+    ) -> asyncio.Task[dict[str, EntitlementValue] | None]:
+        """Start reading entitlement values now (an edit's after-read), to be awaited later; a
+        failed read yields None (the caller reads again, and reports the error if it persists)."""
+        return asyncio.ensure_future(self._values_or_none(customer_id, list(features)))
+
+    async def _values_or_none(
+        self, customer_id: str, features: list[str]
+    ) -> dict[str, EntitlementValue] | None:
+        try:
+            return await self.values(customer_id, features)
+        except OpenMeterError:
+            return None
+
+    def after_change(
+        self,
+        prev: Observed,
+        now: datetime,
+        values: Mapping[str, EntitlementValue],
+        reread: ObservedSubscription | None,
+        answer: SubscriptionChangeResponse,
+    ) -> tuple[
+        tuple[Observed, ObservedSubscription | None] | None,
+        Subscription | None,
+        Awaitable[ObservedSubscription | None] | None,
+    ]:
+        """What to observe after our edit and the change sent on the edit's answer, given the
+        subscription re-read after the edit (while the change was sent): the engine's
+        ``follow``, ``answered`` and ``soon``. The re-read was served before the change or
+        after it. Before, it shows the edit and no end: the next step plans on it, ended by the
+        change's answer (``answered``), or reads the subscription again (``follow``). After, it
+        ends where the answer's successor starts: ``follow`` checks it as its read. A failed
+        re-read, or one showing something else: (None, None, None), observe in full."""
+        if reread is None:
+            return None, None, None
+        successor = mapping.to_observed_subscription(answer.next)
+        if reread.active_to is None and reread.superseding_id is None:
+            edited = self._followed(prev, now, values, None, reread)
+            if edited is None:
+                return None, None, None
+            return (edited, successor), answer.current, None
+        return (prev, successor), None, _ready(reread)
+
     async def _read_current(self, subscription_id: str) -> ObservedSubscription | None:
         await self.pacer.yield_point()
         try:
@@ -319,6 +363,10 @@ class Observer:
             *(self.client.get_entitlement_value(customer_id, k) for k in keys)
         )
         return {k: mapping.to_entitlement_value(v) for k, v in zip(keys, got, strict=True)}
+
+
+async def _ready(sub: ObservedSubscription) -> ObservedSubscription:
+    return sub
 
 
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZ")

@@ -46,6 +46,17 @@ async def proof_after(
     """The change's details with the finished proof (``proof_before`` dropped), and the values
     read; a feature whose usage went down is reported on ``outcome`` and to ``hooks``."""
     after_vals = await observer.values(customer_id, before.keys())
+    return finished(hooks, change, before, after_vals, outcome), after_vals
+
+
+def finished(
+    hooks: Hooks,
+    change: ChangeRecord,
+    before: Mapping[str, Any],
+    after_vals: Mapping[str, EntitlementValue],
+    outcome: Outcome,
+) -> dict[str, Any]:
+    """The change's details with the proof finished from ``after_vals`` (read after the edit)."""
     after = {k: value_view(v) for k, v in sorted(after_vals.items())}
     lost = usage_lost(before, after)
     outcome.usage_not_preserved.extend(lost)
@@ -55,7 +66,7 @@ async def proof_after(
     details = {k: v for k, v in change.details.items() if k != "proof_before"}
     details["proof"] = {"before": dict(before), "after": after, "usage_preserved": not lost}
     details["entitlements_after"] = after
-    return details, after_vals
+    return details
 
 
 def usage_lost(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:

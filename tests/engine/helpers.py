@@ -6,6 +6,7 @@ from typing import Any
 import httpx
 
 from reconciler.cli.demo import Story
+from reconciler.engine import Engine
 
 
 async def mutations(control: httpx.AsyncClient) -> list[tuple[str, str]]:
@@ -30,3 +31,19 @@ async def onboard(story: Story, plan: str, start: datetime, used: int = 0) -> No
 
 def plan_key(sub: Any) -> str | None:
     return sub.plan.key if sub is not None and sub.plan is not None else None
+
+
+def on_edit(engine: Engine, before_edit: Any = None, after_edit: Any = None) -> None:
+    """Run ``before_edit`` right before the engine's PATCH is sent (a fault for the calls that
+    follow it), ``after_edit`` once it was answered (someone else acting in between)."""
+    real = engine.client.edit_subscription
+
+    async def edit(*args: Any, **kwargs: Any) -> Any:
+        if before_edit is not None:
+            await before_edit()
+        got = await real(*args, **kwargs)
+        if after_edit is not None:
+            await after_edit()
+        return got
+
+    engine.client.edit_subscription = edit  # type: ignore[method-assign]

@@ -237,7 +237,10 @@ async def test_drift_by_hand_is_healed(
 async def test_usage_lost_by_an_edit_is_detected_and_not_retried(
     story: Story, rt: Runtime, control: httpx.AsyncClient
 ) -> None:
-    """If OpenMeter ever dropped usage on an edit, the proof catches it and stops."""
+    """If OpenMeter ever dropped usage on an edit, the proof catches it and stops. The change
+    at the next boundary the plan had next went out with the proof's after-read (on the
+    edit's answer, ``engine._pipelined``): its successor is the target's, what the change
+    needed anyway, and it leaves the period's entitlements alone."""
     from dataclasses import replace
 
     from reconciler.domain.actions import Action
@@ -265,7 +268,10 @@ async def test_usage_lost_by_an_edit_is_detected_and_not_retried(
     assert out.status == "failed"
     assert out.usage_not_preserved == ["api_credits: usage 3 -> 0"]
     assert out.error == "usage_not_preserved: api_credits: usage 3 -> 0"
-    assert await mutations(control) == [("PATCH", "")]  # nothing else was attempted
+    # nothing else was attempted
+    assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
+    _, succ = await story.subs()
+    assert succ is not None and plan_key(succ) == "starter"
     change = await rt.store.desired_for("acme")
     assert change is not None and change.status.value == "failed"
     assert change.details["proof"]["usage_preserved"] is False
@@ -274,7 +280,7 @@ async def test_usage_lost_by_an_edit_is_detected_and_not_retried(
     # A later pass does not retry a failed change blindly.
     again = await rt.engine.reconcile("acme")
     assert again.state == "not_open"
-    assert await mutations(control) == [("PATCH", "")]
+    assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
 
 
 async def test_healed_drift_after_convergence_emits_fresh_events(

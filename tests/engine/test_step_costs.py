@@ -23,7 +23,7 @@ from reconciler.runtime import Runtime
 from reconciler.store.types import AuditKind
 
 from .conftest import POLICY_NEXT_BOUNDARY, START
-from .helpers import mutations, onboard, plan_key
+from .helpers import mutations, on_edit, onboard, plan_key
 
 
 @pytest.fixture
@@ -279,23 +279,24 @@ async def test_a_new_request_reads_usage_with_the_subscription_not_after_it(
     assert change.details["proof"]["before"]["api_credits"]["usage"] == 3
 
 
-async def test_after_the_patch_the_proof_and_the_next_read_go_out_together(
+async def test_after_the_patch_the_proof_the_read_and_the_change_go_out_together(
     story: Story, rt: Runtime, control: httpx.AsyncClient
 ) -> None:
-    """Right after the PATCH, the usage proof's "after" value and the next step's read of the
-    subscription are issued together: with the value delayed, the subscription is served
-    first, and the POST change still waits for both (the proof is complete before it)."""
+    """Right after the PATCH, the usage proof's "after" value, the re-read of the subscription
+    and the POST change the plan has next go out together (``engine._pipelined``): with the
+    value delayed, the change is served before it, no read waits for the change, and the
+    proof is still finished (and stored) before the pass ends."""
     await onboard(story, "free", START, used=3)
     cur, _ = await story.subs()
     path = f"/api/v1/subscriptions/{cur.id}"
     value = f"/api/v1/customers/{cur.customer_id}/entitlements/api_credits/value"
 
-    async def delay_the_after_read(action: Action) -> None:
-        if action.kind == "edit_items":
-            rule = {"method": "GET", "path": value, "delaySeconds": 0.3, "count": 1}
-            (await control.post("/_emulator/faults", json=rule)).raise_for_status()
+    async def delay_the_after_read() -> None:
+        rule = {"method": "GET", "path": value, "delaySeconds": 0.3, "count": 1}
+        (await control.post("/_emulator/faults", json=rule)).raise_for_status()
 
-    engine = Engine(rt.collaborators, after_action=delay_the_after_read)
+    engine = Engine(rt.collaborators)
+    on_edit(engine, before_edit=delay_the_after_read)
     await engine.catalog.get("starter")
     await engine.catalog.get("free")
     await story.request("starter")
@@ -310,7 +311,7 @@ async def test_after_the_patch_the_proof_and_the_next_read_go_out_together(
         if r["path"] in (path, value, f"{path}/change")
     ]
     after_patch = log[log.index(f"PATCH {path}") + 1 :]
-    assert after_patch[:3] == [f"GET {path}", f"GET {value}", f"POST {path}/change"], log
+    assert after_patch == [f"GET {path}", f"POST {path}/change", f"GET {value}"], log
     change = await rt.store.desired_for("acme")
     assert change is not None and change.details["proof"]["usage_preserved"] is True
     assert change.details["proof"]["after"]["api_credits"]["usage"] == 3
