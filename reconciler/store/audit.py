@@ -15,6 +15,8 @@ from reconciler.store.schema import audit_log
 from reconciler.store.types import AuditEntry, AuditKind
 
 _AUDIT = Mapper(AuditEntry, {"kind": AuditKind})
+#: Built once: a statement object keeps its cache key, so each insert skips rebuilding it.
+_INSERT_AUDIT = audit_log.insert()
 
 
 def audit_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
@@ -39,7 +41,7 @@ def audit_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
 
 async def insert_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Insert rows of ``audit_rows`` in the caller's transaction."""
-    await conn.execute(audit_log.insert(), rows)
+    await conn.execute(_INSERT_AUDIT, rows)
 
 
 class Audit:

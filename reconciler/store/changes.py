@@ -315,7 +315,7 @@ def _submit_on_sqlite(r: ChangeRecord, events: Sequence[NewEvent]) -> Op[SubmitR
                 },
             )
         elif r.customer_id and not cust_id:
-            await conn.execute(set_customer_id(r.customer, r.customer_id, now))
+            await set_customer_id(conn, r.customer, r.customer_id, now)
         await insert_events(conn, events, r.customer, r.id, now)
         return SubmitResult(record, created=True, superseded_ids=superseded)
 
@@ -323,6 +323,29 @@ def _submit_on_sqlite(r: ChangeRecord, events: Sequence[NewEvent]) -> Op[SubmitR
 
 
 # -- the repository ---------------------------------------------------------------------------
+
+
+_UPDATES: dict[tuple[tuple[str, ...], str], sa.Update] = {}
+
+
+def _update_statement(columns: tuple[str, ...], guard: str) -> sa.Update:
+    """``update_row``'s statement for these columns and status guard, built once per shape:
+    SQLAlchemy then finds its compiled form by the statement's memoized cache key instead of
+    building and hashing a new statement per commit. Parameters: ``v_<column>``, ``b_id``,
+    ``b_status`` (the expected status, or superseded for the guard that excludes it)."""
+    key = (columns, guard)
+    q = _UPDATES.get(key)
+    if q is None:
+        c = change_requests.c
+        q = change_requests.update().where(c.id == sa.bindparam("b_id", type_=c.id.type))
+        status = sa.bindparam("b_status", type_=c.status.type)
+        if guard == "expected":
+            q = q.where(c.status == status)
+        elif guard == "not_superseded":
+            q = q.where(c.status != status)
+        q = q.values({k: sa.bindparam(f"v_{k}", type_=c[k].type) for k in columns})
+        q = _UPDATES.setdefault(key, q.returning(*change_requests.c))
+    return q
 
 
 class Changes:
@@ -492,14 +515,18 @@ class Changes:
     ) -> ChangeRecord:
         """In the caller's transaction: the update of ``update_change`` (``values`` from
         ``values``), and its events."""
-        q = change_requests.update().where(change_requests.c.id == change_id)
         if expected is not None:
-            q = q.where(change_requests.c.status == expected)
+            guard = "expected"
         elif values.get("status", SUPERSEDED) != SUPERSEDED:
             # Superseded is final: a worker still busy with a request that a newer one
             # replaced meanwhile must not bring it back as applied/scheduled/converged.
-            q = q.where(change_requests.c.status != SUPERSEDED)
-        result = await conn.execute(q.values(**values).returning(*change_requests.c))
+            guard = "not_superseded"
+        else:
+            guard = "none"
+        params = {f"v_{k}": v for k, v in values.items()}
+        params["b_id"] = change_id
+        params["b_status"] = expected if expected is not None else SUPERSEDED
+        result = await conn.execute(_update_statement(tuple(values), guard), params)
         row = result.first()
         if row is None:
             current = await read_change(conn, change_id)

@@ -166,7 +166,7 @@ class Claim:
         now = self._db.clock()
 
         async def op(conn: AsyncConnection) -> None:
-            await conn.execute(set_customer_id(self.customer, customer_id, now))
+            await set_customer_id(conn, self.customer, customer_id, now)
             self.customer_id = customer_id
 
         return op

@@ -36,12 +36,28 @@ async def ensure_customer(conn: AsyncConnection, customer: str, now: datetime) -
     await conn.execute(_Q_ENSURE_CUSTOMER, {"b_customer": customer, "b_updated_at": now})
 
 
-def set_customer_id(customer: str, customer_id: str, now: datetime) -> sa.Update:
-    """Remember the resolved OpenMeter id of ``customer``."""
-    return (
-        customers.update()
-        .where(customers.c.customer == customer)
-        .values(customer_id=customer_id, updated_at=now)
+_Q_SET_CUSTOMER_ID = (
+    customers.update()
+    .where(customers.c.customer == sa.bindparam("b_customer", type_=customers.c.customer.type))
+    .values(
+        customer_id=sa.bindparam("b_customer_id", type_=customers.c.customer_id.type),
+        updated_at=sa.bindparam("b_updated_at", type_=customers.c.updated_at.type),
+    )
+)
+_Q_ALIASES = (
+    sa.select(customers)
+    .where(customers.c.customer_id == sa.bindparam("b_customer_id"))
+    .order_by(customers.c.customer)
+)
+
+
+async def set_customer_id(
+    conn: AsyncConnection, customer: str, customer_id: str, now: datetime
+) -> None:
+    """Remember the resolved OpenMeter id of ``customer``, in the caller's transaction."""
+    await conn.execute(
+        _Q_SET_CUSTOMER_ID,
+        {"b_customer": customer, "b_customer_id": customer_id, "b_updated_at": now},
     )
 
 
@@ -69,12 +85,7 @@ class Customers:
     async def aliases(self, customer_id: str) -> list[CustomerRecord]:
         """Every customer row resolved to this OpenMeter customer id (a portal may address one
         customer by id in one request and by key in another)."""
-        q = (
-            sa.select(customers)
-            .where(customers.c.customer_id == customer_id)
-            .order_by(customers.c.customer)
-        )
-        return await read_all(self._db, q, customer_record)
+        return await read_all(self._db, _Q_ALIASES, customer_record, {"b_customer_id": customer_id})
 
     async def schedule_customer(self, customer: str, at: datetime) -> None:
         """Make the customer due at ``at`` (or keep an earlier due time already set)."""

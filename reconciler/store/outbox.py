@@ -20,6 +20,9 @@ from reconciler.store.types import EventStatus, NewEvent, OutboxEvent
 _EVENT = Mapper(OutboxEvent, {"status": EventStatus})
 
 
+_INSERT_EVENTS = outbox_events.insert()  # built once (its cache key is kept)
+
+
 async def insert_events(
     conn: AsyncConnection,
     events: Sequence[NewEvent],
@@ -32,7 +35,7 @@ async def insert_events(
     if not events:
         return
     await conn.execute(
-        outbox_events.insert(),
+        _INSERT_EVENTS,
         [
             {
                 "id": e.id or new_event_id(),

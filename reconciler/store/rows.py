@@ -94,11 +94,16 @@ def aware(value: datetime, name: str) -> datetime:
 # -- reads ------------------------------------------------------------------------------------
 
 
-async def read_all(db: Database, q: sa.Select[Any], record: Callable[[Row[Any]], R]) -> list[R]:
-    """``q``'s rows as records, in one read transaction."""
+async def read_all(
+    db: Database,
+    q: sa.Select[Any],
+    record: Callable[[Row[Any]], R],
+    params: Mapping[str, Any] | None = None,
+) -> list[R]:
+    """``q``'s rows as records, in one read transaction (``params``: its bound values)."""
 
     async def op(conn: AsyncConnection) -> list[R]:
-        return [record(r) for r in (await conn.execute(q)).all()]
+        return [record(r) for r in (await conn.execute(q, params)).all()]
 
     return await db.tx(op, write=False)
 
