@@ -152,8 +152,8 @@ class Store:
         field was given).
 
         SQLite: everything commits together. PostgreSQL: the change, events and audit commit
-        now; the customer-row writes go through the claim's connection (its row lock is held
-        there) and commit when the claim ends, as ``Claim.reschedule`` always did.
+        now; the customer-row writes go to the claim's connection (its row lock is held there)
+        and run and commit when the claim ends (``Claim.defer``), as they always committed.
         """
         values = self._changes.values(fields, None) if fields else None
         rows = audit_rows(audit)
@@ -176,11 +176,7 @@ class Store:
         if values is not None or events or rows or (inline and claim_ops):
             record = await self.db.tx(op, write=True)
         if claim is not None and not inline and claim_ops:
-
-            async def claim_writes(conn: AsyncConnection) -> None:
-                await _run_all(conn, claim_ops)
-
-            await claim._run(claim_writes)  # one savepoint for the step's customer-row writes
+            claim.defer(claim_ops, customer_id)  # run on the claim's connection when it ends
         return record
 
 

@@ -175,7 +175,8 @@ async def test_reschedule_after_a_request_arrived_keeps_the_earlier_time(store: 
 
 async def test_a_steps_customer_row_writes_go_through_the_claim_together(store: Store) -> None:
     """``commit`` with a resolved id and a next check: both land on the customer's row (on
-    PostgreSQL through the claim's connection, in one savepoint, committed with the claim)."""
+    PostgreSQL on the claim's connection, run right before it commits: no savepoint, and
+    nothing of them before the claim ends)."""
     from sqlalchemy import event
 
     change = (await store.submit_change("acme", "pro", None, T0, "webhook", "w", T0)).change
@@ -198,7 +199,9 @@ async def test_a_steps_customer_row_writes_go_through_the_claim_together(store: 
                 reschedule=T0 + 24 * H,
             )
             assert claim.customer_id == "01JQ8Z6V2X3Y4Z5A6B7C8D9CST"
-            assert claim.next_check_at == T0 + 24 * H
+            if engine is not None:
+                assert "SAVEPOINT" not in statements and statements.count("UPDATE") == 1
+        assert claim is not None and claim.next_check_at == T0 + 24 * H
     finally:
         if engine is not None:
             event.remove(engine, "before_cursor_execute", seen)
@@ -206,7 +209,9 @@ async def test_a_steps_customer_row_writes_go_through_the_claim_together(store: 
     assert row is not None
     assert (row.customer_id, row.next_check_at) == ("01JQ8Z6V2X3Y4Z5A6B7C8D9CST", T0 + 24 * H)
     if engine is not None:
-        assert statements.count("SAVEPOINT") == 1, statements
+        # the change's update, then the claim's two customer-row writes just before COMMIT
+        assert "SAVEPOINT" not in statements, statements
+        assert statements.count("UPDATE") == 3, statements
 
 
 @pytest.mark.postgres
@@ -341,3 +346,29 @@ async def test_leadership_moves_when_holder_closes(pg_database: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_steps_customer_row_writes_are_kept_when_the_pass_fails(store: Store) -> None:
+    """A pass that raises after a step's commit keeps that step's customer-row writes (on
+    PostgreSQL they were deferred to the claim's end, and still run there)."""
+    change = (await store.submit_change("acme", "pro", None, T0, "webhook", "w", T0)).change
+
+    async def failing_pass() -> None:
+        async with store.claim("acme") as claim:
+            assert claim is not None
+            await store.commit(
+                change.id,
+                fields={"attempts": 1},
+                claim=claim,
+                customer_id="01JQ8Z6V2X3Y4Z5A6B7C8D9CST",
+                reschedule=T0 + 2 * H,
+            )
+            raise RuntimeError("the pass failed")
+
+    with pytest.raises(RuntimeError, match="the pass failed"):
+        await failing_pass()
+    row = await store.get_customer("acme")
+    assert row is not None
+    assert (row.customer_id, row.next_check_at) == ("01JQ8Z6V2X3Y4Z5A6B7C8D9CST", T0 + 2 * H)
+    stored = await store.get_change(change.id)
+    assert stored is not None and stored.attempts == 1
