@@ -15,9 +15,9 @@ rate cards, POST the change at the next billing cycle: 2 sequential round trips 
 
 * idle: rounds alternate reconciler / bare on fresh customers; the reconciler's time is webhook
   202 → PATCH served (the emulator's ``wallTime``), the bare script's start → PATCH served.
-  The sequential OpenMeter round trips before the PATCH are counted from the request log: the
-  customer's requests are grouped into levels by their served times (a gap of more than half
-  the delay starts a new level).
+  The sequential OpenMeter round trips before the PATCH, and up to the POST change, are counted
+  from the request log: the customer's requests are grouped into levels by their served times
+  (a gap of more than half the delay starts a new level).
 * burst: N webhooks at once vs the bare script doing the same N upgrades with the service's
   concurrency limit; time until all PATCHes and all changes are served; process CPU of the
   service (``/proc/<pid>/stat``) and of the bare script (``time.process_time``) per upgrade.
@@ -140,6 +140,8 @@ def idle(em: EmulatorProc, svc: ServiceProc, rounds: int, delay: float, tag: str
     bare_levels: list[int] = []
     rec_reads: list[int] = []
     bare_reads: list[int] = []
+    rec_chain: list[int] = []
+    bare_chain: list[int] = []
     calls: dict[str, list[str]] = {}
 
     async def bare_once(key: str) -> float:
@@ -184,14 +186,34 @@ def idle(em: EmulatorProc, svc: ServiceProc, rounds: int, delay: float, tag: str
                 and any(m in r["path"] for m in mine)
             ]
             depth = levels([wall(r) for r in before], delay / 2)
+
+            def changed(sub: str = sub) -> list[dict[str, Any]]:
+                return [
+                    r
+                    for r in em.api.requests(method="POST")
+                    if r["applied"] and r["path"].endswith(f"{sub}/change")
+                ]
+
+            (change,) = wait_until(changed, 60, 0.02, what=f"POST change of {key}")
+            log = em.api.requests()
+            upto = [
+                r
+                for r in log
+                if r["seq"] <= change["seq"]
+                and r["path"].startswith("/api/")
+                and any(m in r["path"] for m in mine)
+            ]
+            chain = levels([wall(r) for r in upto], delay / 2)
             if who == "reconciler":
                 rec.append(t_patch - t0)
                 rec_levels.append(depth)
                 rec_reads.append(len(before))
+                rec_chain.append(chain)
             else:
                 bare.append(t_patch - t0)
                 bare_levels.append(depth)
                 bare_reads.append(len(before))
+                bare_chain.append(chain)
             calls.setdefault(who, [f"{r['method']} {r['path']}" for r in before])
     out = {
         "rounds": rounds,
@@ -206,6 +228,11 @@ def idle(em: EmulatorProc, svc: ServiceProc, rounds: int, delay: float, tag: str
         "round_trips_before_patch": {
             "reconciler": statistics.median(rec_levels),
             "bare": statistics.median(bare_levels),
+        },
+        # sequential round trips from the first request to the POST change served, included
+        "round_trips_to_change": {
+            "reconciler": statistics.median(rec_chain),
+            "bare": statistics.median(bare_chain),
         },
         "requests_before_patch": {
             "reconciler": statistics.median(rec_reads),
