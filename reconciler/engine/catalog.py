@@ -26,6 +26,15 @@ class Catalog:
         self._versions: dict[tuple[str, int], Plan] = {}
         self._active: dict[str, tuple[float, Plan]] = {}
 
+    def cached(self, key: str, version: int | None = None) -> Plan | None:
+        """The plan ``get`` would answer without reading OpenMeter (None: it would read)."""
+        if version is not None:
+            return self._versions.get((key, version))
+        hit = self._active.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.active_ttl:
+            return hit[1]
+        return None
+
     async def get(self, key: str, version: int | None = None) -> Plan:
         if version is not None:
             cached = self._versions.get((key, version))

@@ -9,6 +9,7 @@ observation shows whether it was applied.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -247,7 +248,18 @@ class Engine:
 
     async def _reconcile(self, change: ChangeRecord) -> Outcome:
         customer = change.customer
-        target = await self.catalog.get(change.plan_key, change.plan_version)
+        # A target plan not in the catalog's cache (a new process, or the active version's
+        # entry expired) is read with the customer's listing, not before it: one round trip
+        # less on the way to an edit. The listing is the step-0 observation's first read.
+        listing: asyncio.Task[list[Subscription]] | None = None
+        if self.catalog.cached(change.plan_key, change.plan_version) is None:
+            listing = asyncio.ensure_future(self._listing(customer))
+        try:
+            target = await self.catalog.get(change.plan_key, change.plan_version)
+        except BaseException:
+            if listing is not None:
+                listing.cancel()
+            raise
         if change.plan_version is None:
             change = self._stage(change, plan_version=target.version)
         desired = change.to_desired()
@@ -334,7 +346,9 @@ class Engine:
                     known_values=values,
                     values=False,
                     prefetch=prefetch if fresh else None,
+                    listing=listing,
                 )
+                listing = None
                 has_values = has_values or bool(guessed and observed.current is not None)
                 if observed.current is not None and observed.current.phase_at(now) is None:
                     # A billing boundary passed between our clock read and OpenMeter computing the
@@ -541,6 +555,10 @@ class Engine:
         """Whether the planner, on ``observed``, has nothing left to send."""
         settled = converged and not proofs.resuming(change, observed)
         return not plan(observed, desired, target, self.policy, now, settled=settled).actions
+
+    async def _listing(self, customer: str) -> list[Subscription]:
+        await self.pacer.yield_point()
+        return await self.client.list_customer_subscriptions(customer)
 
     async def _plan_features(self, key: str, version: int) -> set[str]:
         """The metered features of a plan version (cached), for the prefetch's guess; a plan

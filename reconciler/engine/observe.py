@@ -92,6 +92,7 @@ class Observer:
         identity: tuple[str, str | None] | None = None,
         known_values: Mapping[str, EntitlementValue] | None = None,
         prefetch: Prefetch | None = None,
+        listing: Awaitable[list[Subscription]] | None = None,
     ) -> Observed:
         """``identity`` (id, key) skips the customer lookup; ``known_values`` are used instead
         of reading the entitlement values again (the caller read them moments ago).
@@ -102,13 +103,16 @@ class Observer:
         names, it returns the features to guess (e.g. the target's and that plan version's: a
         published version never changes, the catalog caches it), or None to read no values.
         Features the expanded subscription shows that the guess missed are read afterwards,
-        so the values are complete whenever a guess was made."""
+        so the values are complete whenever a guess was made.
+
+        ``listing``: the customer's subscriptions (by ``customer``, key or id), already being
+        read by the caller; used, without ``identity``, instead of reading them here."""
         pace = self.pacer.yield_point
         await pace()
         if identity is None and not looks_like_id(customer):
             # A key, never an id (OpenMeter's ids are ULIDs): each listed subscription names
             # the customer's id, so the customer itself is read only when it lists none.
-            subs = await self.client.list_customer_subscriptions(customer)
+            subs = await (listing or self.client.list_customer_subscriptions(customer))
             if subs:
                 identity = (subs[0].customer_id, customer)
             else:
@@ -119,7 +123,7 @@ class Observer:
             # listing need not wait for the customer's id: one round trip instead of two.
             cust, subs = await asyncio.gather(
                 self.client.get_customer(customer),
-                self.client.list_customer_subscriptions(customer),
+                listing or self.client.list_customer_subscriptions(customer),
             )
             identity = (cust.id, cust.key)
         else:

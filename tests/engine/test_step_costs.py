@@ -279,6 +279,46 @@ async def test_a_new_request_reads_usage_with_the_subscription_not_after_it(
     assert change.details["proof"]["before"]["api_credits"]["usage"] == 3
 
 
+async def test_a_target_plan_not_cached_is_read_with_the_listing_not_before_it(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """A new process (or an expired entry of the plan's active version): the target plan is
+    read together with the customer's listing. With the plan's answer held back 0.3 s, the
+    listing is served first, and it is read only once."""
+    from dataclasses import replace
+
+    from reconciler.engine.catalog import Catalog
+
+    await onboard(story, "free", START, used=3)
+    await story.request("starter")
+    engine = Engine(replace(rt.collaborators, catalog=Catalog(rt.client)))
+    rule = {"method": "GET", "path": "/api/v1/plans/starter", "delaySeconds": 0.3, "count": 1}
+    (await control.post("/_emulator/faults", json=rule)).raise_for_status()
+
+    out = await engine.reconcile("acme")
+
+    assert out.status == "applied" and await story.value() == (3, 549_997)
+    log = [r["path"] for r in (await control.get("/_emulator/requests")).json()["requests"]]
+    listing = "/api/v1/customers/acme/subscriptions"
+    assert log.index(listing) < log.index("/api/v1/plans/starter"), log
+    assert log.count(listing) == 1 and log.count("/api/v1/plans/starter") == 1, log
+    assert await mutations(control) == [("PATCH", ""), ("POST", "change")]
+
+
+async def test_an_unknown_target_plan_fails_the_change_with_the_listing_read_for_nothing(
+    story: Story, rt: Runtime, control: httpx.AsyncClient
+) -> None:
+    """The listing read with a plan that turns out not to exist is dropped: the change fails
+    with the catalog's reason, nothing is sent."""
+    await onboard(story, "free", START, used=3)
+    await story.request("no-such-plan")
+
+    out = await rt.engine.reconcile("acme")
+
+    assert out.status == "failed" and "no-such-plan" in (out.error or ""), out
+    assert await mutations(control) == []
+
+
 async def test_after_the_patch_the_proof_the_read_and_the_change_go_out_together(
     story: Story, rt: Runtime, control: httpx.AsyncClient
 ) -> None:
