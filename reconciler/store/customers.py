@@ -85,7 +85,9 @@ class Customers:
     async def aliases(self, customer_id: str) -> list[CustomerRecord]:
         """Every customer row resolved to this OpenMeter customer id (a portal may address one
         customer by id in one request and by key in another)."""
-        return await read_all(self._db, _Q_ALIASES, customer_record, {"b_customer_id": customer_id})
+        return await read_all(
+            self._db, _Q_ALIASES, customer_record, {"b_customer_id": customer_id}, autocommit=True
+        )
 
     async def schedule_customer(self, customer: str, at: datetime) -> None:
         """Make the customer due at ``at`` (or keep an earlier due time already set)."""

@@ -99,13 +99,17 @@ async def read_all(
     q: sa.Select[Any],
     record: Callable[[Row[Any]], R],
     params: Mapping[str, Any] | None = None,
+    *,
+    autocommit: bool = False,
 ) -> list[R]:
-    """``q``'s rows as records, in one read transaction (``params``: its bound values)."""
+    """``q``'s rows as records, in one read transaction (``params``: its bound values;
+    ``autocommit``: on PostgreSQL without BEGIN and COMMIT, for a query that needs no
+    snapshot beyond its own)."""
 
     async def op(conn: AsyncConnection) -> list[R]:
         return [record(r) for r in (await conn.execute(q, params)).all()]
 
-    return await db.tx(op, write=False)
+    return await db.tx(op, write=False, autocommit=autocommit)
 
 
 async def read_one(db: Database, q: sa.Select[Any], record: Callable[[Row[Any]], R]) -> R | None:

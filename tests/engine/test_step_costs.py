@@ -39,10 +39,14 @@ def count_transactions(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> Counter[
     real = rt.store.db.tx
 
     async def tx(
-        fn: Callable[[Any], Awaitable[Any]], *, write: bool, idempotent: bool = False
+        fn: Callable[[Any], Awaitable[Any]],
+        *,
+        write: bool,
+        idempotent: bool = False,
+        autocommit: bool = False,
     ) -> Any:
         seen["write" if write else "read"] += 1
-        return await real(fn, write=write, idempotent=idempotent)
+        return await real(fn, write=write, idempotent=idempotent, autocommit=autocommit)
 
     monkeypatch.setattr(rt.store.db, "tx", tx)
     return seen
