@@ -124,7 +124,7 @@ def _pipelined(
         if answer.id == cur.id == edit.subscription_id
         and cur.status is SubscriptionStatus.ACTIVE
         and cur.active_to is None
-        and str(getattr(answer.status, "value", answer.status)) == "active"
+        and answer.status == "active"
         and answer.active_to is None
         and not (answer.annotations or {}).get("subscription.superseding.id")
         else None
@@ -303,11 +303,10 @@ class Engine:
             else:
                 if proof_read is not None and proof_of is not None:
                     # The proof of an edit whose next action was sent on its answer.
-                    change, after_values = await self._take_proof(
-                        change, *proof_of, proof_read, outcome
+                    change, values = await self._take_proof(
+                        change, values, *proof_of, proof_read, outcome
                     )
                     proof_read = proof_of = pending = None
-                    values = {**(values or {}), **after_values}
                     if outcome.usage_not_preserved:
                         return await self._usage_lost(change, outcome)
                 observed_or_none = None
@@ -464,14 +463,13 @@ class Engine:
                 continue
             last_failure = None
             soon = None
-            edit_proof = isinstance(action, EditItems) and before is not None
             if not isinstance(raw, SubscriptionChangeResponse) and (
                 isinstance(action, (EditItems, ScheduleChange))
             ):
                 # The next step's read, and the proof's after-read of an edit, start now: they
                 # overlap the mutation's commit below (and the action sent on the edit's answer).
                 soon = self.observer.read_current_soon(observed)
-            if edit_proof and before is not None:
+            if isinstance(action, EditItems) and before is not None:
                 proof_read = self.observer.values_soon(observed.customer_id, before.keys())
             if isinstance(raw, SubscriptionChangeResponse):
                 # The next step plans on the change's answer and, most often, calls nothing
@@ -491,7 +489,7 @@ class Engine:
                 self.hooks.on_drift_healed(action.kind)
             if self._after_action is not None:
                 await self._after_action(action)
-            if edit_proof and before is not None and isinstance(action, EditItems):
+            if isinstance(action, EditItems) and before is not None:
                 last_step = step + 1 >= self.max_steps
                 queued = (
                     None
@@ -503,21 +501,19 @@ class Engine:
                     # after it (below, on the queued action's answer).
                     proof_of, pending, soon = (observed.customer_id, before), soon, None
                     continue
-                change, after_values = await self._take_proof(
-                    change, observed.customer_id, before, proof_read, outcome
+                change, values = await self._take_proof(
+                    change, values, observed.customer_id, before, proof_read, outcome
                 )
                 proof_read = None
-                values = {**(values or {}), **after_values}
                 if outcome.usage_not_preserved:
                     return await self._usage_lost(change, outcome)
             elif proof_of is not None and proof_read is not None:
                 # The action sent on an edit's answer has been answered: the edit's proof, then
                 # what to plan on next (the re-read made after the edit, and this answer).
-                change, after_values = await self._take_proof(
-                    change, *proof_of, proof_read, outcome
+                change, values = await self._take_proof(
+                    change, values, *proof_of, proof_read, outcome
                 )
                 proof_read = proof_of = None
-                values = {**(values or {}), **after_values}
                 if outcome.usage_not_preserved:
                     return await self._usage_lost(change, outcome)
                 if isinstance(raw, SubscriptionChangeResponse) and pending is not None:
@@ -583,18 +579,23 @@ class Engine:
     async def _take_proof(
         self,
         change: ChangeRecord,
+        values: Mapping[str, EntitlementValue] | None,
         customer_id: str,
         before: Mapping[str, Any],
         read: Awaitable[dict[str, EntitlementValue] | None] | None,
         outcome: Outcome,
     ) -> tuple[ChangeRecord, dict[str, EntitlementValue]]:
         """Finish an edit's proof with the after-read started right after the edit; when that
-        read failed, read again now (an error then retries the pass, ``proof_before`` stays)."""
+        read failed, read again now (an error then retries the pass, ``proof_before`` stays).
+        Returns the change and ``values`` updated with the values read after the edit."""
         got = await read if read is not None else None
         if got is None:
-            return await self._proof_after(change, customer_id, before, outcome)
-        details = proofs.finished(self.hooks, change, before, got, outcome)
-        return self._stage(change, details=details), got
+            change, got = await self._proof_after(change, customer_id, before, outcome)
+        else:
+            change = self._stage(
+                change, details=proofs.finished(self.hooks, change, before, got, outcome)
+            )
+        return change, {**(values or {}), **got}
 
     async def _usage_lost(self, change: ChangeRecord, outcome: Outcome) -> Outcome:
         return await self._fail(

@@ -526,7 +526,7 @@ class Changes:
         params = {f"v_{k}": v for k, v in values.items()}
         params["b_id"] = change_id
         params["b_status"] = expected if expected is not None else SUPERSEDED
-        result = await conn.execute(_update_statement(tuple(values), guard), params)
+        result = await conn.execute(_update_statement(tuple(sorted(values)), guard), params)
         row = result.first()
         if row is None:
             current = await read_change(conn, change_id)
