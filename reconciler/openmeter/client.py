@@ -187,19 +187,34 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, UnexpectedStatus) and exc.status == 408
 
 
-class _Wait:
-    """Full-jitter exponential backoff, replaced by ``Retry-After`` when the server sent one."""
+@dataclass(frozen=True)
+class _Attempted:
+    """What the backoff reads of tenacity's retry state: the number of the attempt that failed."""
 
-    def __init__(self, base: float, cap: float) -> None:
+    attempt_number: int
+
+
+class _Wait:
+    """Full-jitter exponential backoff, replaced by ``Retry-After`` when the server sent one.
+
+    ``offset``: attempts made before tenacity's loop began (its attempt 1 is the call's
+    attempt ``1 + offset``)."""
+
+    def __init__(self, base: float, cap: float, offset: int = 0) -> None:
         self._jitter = wait_random_exponential(multiplier=base, max=cap)
         self._cap = cap
+        self._offset = offset
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        return self.after(state.attempt_number + self._offset, exc)
+
+    def after(self, attempt: int, exc: BaseException | None) -> float:
+        """The sleep after the call's attempt number ``attempt`` failed with ``exc``."""
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(retry_after, int | float):
             return float(min(max(retry_after, 0.0), self._cap))
-        return float(self._jitter(state))
+        return float(self._jitter(_Attempted(attempt)))  # type: ignore[arg-type]
 
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
@@ -277,10 +292,14 @@ class OpenMeterClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._base = base_url.rstrip("/")
+        self._headers = headers
+        self._timeout = timeout.as_dict()
         self._http = _HTTPClient(
-            base_url=base_url.rstrip("/"),
+            base_url=self._base,
             headers=headers,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            timeout=timeout,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
@@ -294,6 +313,7 @@ class OpenMeterClient:
         self._reports_writes = transport is None
         self._observer = observer
         self._wait = _Wait(backoff_base, max_retry_sleep)
+        self._wait_rest = _Wait(backoff_base, max_retry_sleep, offset=1)
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
 
     @classmethod
@@ -355,14 +375,7 @@ class OpenMeterClient:
         recorded_body = json.loads(content) if content is not None else None
         started = time.perf_counter()
         try:
-            response = await self._http.request(
-                method,
-                path,
-                params=params,
-                content=content,
-                headers=headers,
-                extensions=None if sent is None else {"trace": _when_sent(sent)},
-            )
+            response = await self._dispatch(method, path, params, content, headers, sent)
         except httpx.TransportError as exc:
             written = not isinstance(exc, _NOT_SENT)
             err = TransportError(
@@ -440,9 +453,26 @@ class OpenMeterClient:
         if retry is None:
             retry = method not in _MUTATING
         attempts = self.read_retries + 1 if retry else 1
+        # The first attempt outside tenacity: most calls succeed at once, and its loop costs
+        # more CPU than the rest of a call's own bookkeeping. The retries, if any, run in it.
+        try:
+            return await self._attempt(
+                operation,
+                method,
+                path,
+                params=params,
+                body=body,
+                content_type=content_type,
+                attempt=1,
+                sent=sent,
+            )
+        except Exception as exc:
+            if attempts == 1 or not _is_retryable(exc):
+                raise
+            await self._sleep(self._wait.after(1, exc))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts),
-            wait=self._wait,
+            stop=stop_after_attempt(attempts - 1),
+            wait=self._wait_rest,
             retry=retry_if_exception(_is_retryable),
             sleep=self._sleep,
             reraise=True,
@@ -456,10 +486,50 @@ class OpenMeterClient:
                     params=params,
                     body=body,
                     content_type=content_type,
-                    attempt=attempt.retry_state.attempt_number,
+                    attempt=attempt.retry_state.attempt_number + 1,
                     sent=sent,
                 )
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def _dispatch(
+        self,
+        method: str,
+        path: str,
+        params: Any,
+        content: bytes | None,
+        headers: Mapping[str, str] | None,
+        sent: asyncio.Event | None,
+    ) -> httpx.Response:
+        """One request, its body read. Straight to the pool's transport, as
+        ``httpx.AsyncClient.send`` would end up: the client's layers above it (URL merging,
+        cookies, auth, redirects, event hooks) do nothing for this client, which keeps no
+        cookies, sends its token as a header and follows no redirects, and cost about a fifth
+        of a call's CPU (docs/BENCHMARKS.md, eleventh session). With proxies mounted from the
+        environment, the client's own ``send`` picks the transport."""
+        extensions: dict[str, Any] = {"timeout": self._timeout}
+        if sent is not None:
+            extensions["trace"] = _when_sent(sent)
+        request = httpx.Request(
+            method,
+            self._base + path,
+            params=params,
+            content=content,
+            headers=self._headers if headers is None else {**self._headers, **headers},
+            extensions=extensions,
+        )
+        http = self._http
+        if http.is_closed:
+            raise RuntimeError("the OpenMeter client is closed")
+        if http._mounts:  # proxies from the environment
+            return await http.send(request)
+        response = await http._transport.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
 
     async def _send(self, tp: Any, operation: str, method: str, path: str, **kw: Any) -> Any:
         """A call whose JSON answer is parsed as ``tp`` (mutations are never retried)."""

@@ -4,6 +4,7 @@ only when configured, settings wiring."""
 from __future__ import annotations
 
 import asyncio
+import json
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -320,3 +321,80 @@ async def test_sweep_listings_fail_like_any_read(
     with pytest.raises(ServerError):
         await anext(pages)
     assert route.call_count == 1 + client.read_retries + 1
+
+
+# -- the request as sent: straight to the pool's transport (client._dispatch) ------------------
+
+
+async def test_base_url_path_prefix_is_kept() -> None:
+    """An OpenMeter behind a path prefix (a shared ingress): every call goes under it, as
+    httpx's base-URL merging would send it."""
+    with respx.mock(assert_all_called=True) as r:
+        route = r.get(f"https://gw.test/openmeter/api/v1/subscriptions/{SUB_ID}").respond(
+            json={**SUBSCRIPTION, "phases": []}
+        )
+        async with OpenMeterClient("https://gw.test/openmeter/") as c:
+            got = await c.get_subscription(SUB_ID)
+    assert got.id == SUB_ID
+    sent = route.calls.last.request
+    assert sent.url.path == f"/openmeter/api/v1/subscriptions/{SUB_ID}"
+    assert sent.headers["host"] == "gw.test"
+    assert sent.headers["accept"] == "application/json"
+
+
+async def test_request_carries_the_configured_timeouts(router: respx.MockRouter) -> None:
+    route = router.get(f"/api/v1/subscriptions/{SUB_ID}").respond(
+        json={**SUBSCRIPTION, "phases": []}
+    )
+    async with OpenMeterClient(BASE, read_timeout=3.0, connect_timeout=1.5) as c:
+        await c.get_subscription(SUB_ID)
+    assert route.calls.last.request.extensions["timeout"] == {
+        "connect": 1.5,
+        "read": 3.0,
+        "write": 3.0,
+        "pool": 3.0,
+    }
+
+
+async def test_a_closed_client_sends_nothing(router: respx.MockRouter) -> None:
+    route = router.get(f"/api/v1/subscriptions/{SUB_ID}").respond(json=SUBSCRIPTION)
+    c = OpenMeterClient(BASE)
+    await c.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await c.get_subscription(SUB_ID)
+    assert route.call_count == 0
+
+
+async def test_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``HTTP_PROXY`` set, calls go through the proxy httpx mounted for it (the client's
+    own ``send`` picks the transport), not straight to OpenMeter."""
+    seen: list[bytes] = []
+    body = json.dumps({**SUBSCRIPTION, "phases": []}).encode()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n", 1)[0])
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        async with OpenMeterClient("http://openmeter.invalid:8888") as c:
+            got = await c.get_subscription(SUB_ID)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got.id == SUB_ID
+    # a proxy is asked for the absolute URL
+    assert seen == [
+        f"GET http://openmeter.invalid:8888/api/v1/subscriptions/{SUB_ID} HTTP/1.1".encode()
+    ]
