@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -453,19 +454,21 @@ class OpenMeterClient:
         if retry is None:
             retry = method not in _MUTATING
         attempts = self.read_retries + 1 if retry else 1
-        # The first attempt outside tenacity: most calls succeed at once, and its loop costs
-        # more CPU than the rest of a call's own bookkeeping. The retries, if any, run in it.
+        call = functools.partial(
+            self._attempt,
+            operation,
+            method,
+            path,
+            params=params,
+            body=body,
+            content_type=content_type,
+            sent=sent,
+        )
+        # The first attempt outside tenacity: most calls succeed at once, and building its loop
+        # for every call cost 1.6-2 % of the service's CPU (docs/BENCHMARKS.md, eleventh
+        # session). A retryable failure sleeps the first backoff; the retries run in the loop.
         try:
-            return await self._attempt(
-                operation,
-                method,
-                path,
-                params=params,
-                body=body,
-                content_type=content_type,
-                attempt=1,
-                sent=sent,
-            )
+            return await call(attempt=1)
         except Exception as exc:
             if attempts == 1 or not _is_retryable(exc):
                 raise
@@ -479,16 +482,7 @@ class OpenMeterClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(
-                    operation,
-                    method,
-                    path,
-                    params=params,
-                    body=body,
-                    content_type=content_type,
-                    attempt=attempt.retry_state.attempt_number + 1,
-                    sent=sent,
-                )
+                return await call(attempt=attempt.retry_state.attempt_number + 1)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     async def _dispatch(
