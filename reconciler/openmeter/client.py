@@ -295,7 +295,6 @@ class OpenMeterClient:
             headers["Authorization"] = f"Bearer {token}"
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._base = base_url.rstrip("/")
-        self._headers = headers
         self._timeout = timeout.as_dict()
         self._http = _HTTPClient(
             base_url=self._base,
@@ -306,6 +305,9 @@ class OpenMeterClient:
             ),
             transport=transport,
         )
+        # What every request carries: these and httpx's defaults (Accept-Encoding, Connection),
+        # as the client's own request building would merge them.
+        self._headers = dict(self._http.headers)
         if transport is None:
             sockets.install(self._http)  # a cheaper idle-connection check (sockets.py)
         self.read_retries = read_retries

@@ -340,6 +340,9 @@ async def test_base_url_path_prefix_is_kept() -> None:
     assert sent.url.path == f"/openmeter/api/v1/subscriptions/{SUB_ID}"
     assert sent.headers["host"] == "gw.test"
     assert sent.headers["accept"] == "application/json"
+    # httpx's defaults, as its own request building sends them: compressed answers accepted
+    assert "gzip" in sent.headers["accept-encoding"]
+    assert sent.headers["user-agent"].startswith("openmeter-reconciler")
 
 
 async def test_request_carries_the_configured_timeouts(router: respx.MockRouter) -> None:
