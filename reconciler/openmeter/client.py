@@ -42,6 +42,7 @@ from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -176,6 +177,13 @@ def _when_sent(sent: asyncio.Event) -> Callable[[str, Mapping[str, Any]], Awaita
             sent.set()
 
     return trace
+
+
+def _seg(value: str) -> str:
+    """A path parameter, percent-encoded whole: OpenMeter's keys may hold ``?``, ``#``, ``%``
+    or ``;``, which would otherwise end the path or read as an escape (a key ``a?b`` would ask
+    for customer ``a``). OpenMeter's router unescapes path parameters before use."""
+    return quote(value, safe="")
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -688,7 +696,7 @@ class OpenMeterClient:
     async def get_customer(self, customer: str, *, expand_subscriptions: bool = False) -> Customer:
         params = {"expand": ["subscriptions"]} if expand_subscriptions else None
         result: Customer = await self._get(
-            "get_customer", f"/api/v1/customers/{customer}", Customer, params
+            "get_customer", f"/api/v1/customers/{_seg(customer)}", Customer, params
         )
         return result
 
@@ -737,7 +745,7 @@ class OpenMeterClient:
         params = {"status": _list_param(status)} if status is not None else None
         result: list[Subscription] = await self._all(
             "list_customer_subscriptions",
-            f"/api/v1/customers/{customer}/subscriptions",
+            f"/api/v1/customers/{_seg(customer)}/subscriptions",
             Subscription,
             params,
             page_size=None,
@@ -749,7 +757,9 @@ class OpenMeterClient:
 
     async def get_subscription(self, subscription_id: str) -> SubscriptionExpanded:
         result: SubscriptionExpanded = await self._get(
-            "get_subscription", f"/api/v1/subscriptions/{subscription_id}", SubscriptionExpanded
+            "get_subscription",
+            f"/api/v1/subscriptions/{_seg(subscription_id)}",
+            SubscriptionExpanded,
         )
         return result
 
@@ -757,7 +767,7 @@ class OpenMeterClient:
         """``GET /api/v1/subscriptions/{id}/addons`` (a plain array of ``SubscriptionAddon``)."""
         result: list[dict[str, Any]] = await self._get(
             "list_subscription_addons",
-            f"/api/v1/subscriptions/{subscription_id}/addons",
+            f"/api/v1/subscriptions/{_seg(subscription_id)}/addons",
             list[dict[str, Any]],
         )
         return result
@@ -783,7 +793,7 @@ class OpenMeterClient:
             Subscription,
             "edit_subscription",
             "PATCH",
-            f"/api/v1/subscriptions/{subscription_id}",
+            f"/api/v1/subscriptions/{_seg(subscription_id)}",
             body=body,
         )
         return result
@@ -795,7 +805,7 @@ class OpenMeterClient:
             SubscriptionChangeResponse,
             "change_subscription",
             "POST",
-            f"/api/v1/subscriptions/{subscription_id}/change",
+            f"/api/v1/subscriptions/{_seg(subscription_id)}/change",
             body=body,
         )
         return result
@@ -809,7 +819,7 @@ class OpenMeterClient:
             Subscription,
             "cancel_subscription",
             "POST",
-            f"/api/v1/subscriptions/{subscription_id}/cancel",
+            f"/api/v1/subscriptions/{_seg(subscription_id)}/cancel",
             body=body,
         )
         return result
@@ -819,13 +829,13 @@ class OpenMeterClient:
             Subscription,
             "unschedule_cancelation",
             "POST",
-            f"/api/v1/subscriptions/{subscription_id}/unschedule-cancelation",
+            f"/api/v1/subscriptions/{_seg(subscription_id)}/unschedule-cancelation",
         )
         return result
 
     async def delete_subscription(self, subscription_id: str) -> None:
         await self._request(
-            "delete_subscription", "DELETE", f"/api/v1/subscriptions/{subscription_id}"
+            "delete_subscription", "DELETE", f"/api/v1/subscriptions/{_seg(subscription_id)}"
         )
 
     async def migrate_subscription(
@@ -835,7 +845,7 @@ class OpenMeterClient:
             SubscriptionChangeResponse,
             "migrate_subscription",
             "POST",
-            f"/api/v1/subscriptions/{subscription_id}/migrate",
+            f"/api/v1/subscriptions/{_seg(subscription_id)}/migrate",
             body=body,
         )
         return result
@@ -864,7 +874,7 @@ class OpenMeterClient:
         highest version, drafts included)."""
         params = {"includeLatest": "true"} if include_latest else None
         result: PlanModel = await self._get(
-            "get_plan", f"/api/v1/plans/{id_or_key}", PlanModel, params
+            "get_plan", f"/api/v1/plans/{_seg(id_or_key)}", PlanModel, params
         )
         return result
 
@@ -893,7 +903,7 @@ class OpenMeterClient:
     async def get_entitlement_value(self, customer: str, feature_key: str) -> EntitlementValueModel:
         result: EntitlementValueModel = await self._get(
             "get_entitlement_value",
-            f"/api/v1/customers/{customer}/entitlements/{feature_key}/value",
+            f"/api/v1/customers/{_seg(customer)}/entitlements/{_seg(feature_key)}/value",
             EntitlementValueModel,
         )
         return result
@@ -964,7 +974,9 @@ class OpenMeterClient:
         return result
 
     async def get_feature(self, id_or_key: str) -> Feature:
-        result: Feature = await self._get("get_feature", f"/api/v1/features/{id_or_key}", Feature)
+        result: Feature = await self._get(
+            "get_feature", f"/api/v1/features/{_seg(id_or_key)}", Feature
+        )
         return result
 
     async def list_meters(self) -> list[Meter]:
@@ -992,6 +1004,6 @@ class OpenMeterClient:
         if filter_customer_id is not None:
             params["filterCustomerId"] = _list_param(filter_customer_id)
         result: MeterQueryResult = await self._get(
-            "query_meter", f"/api/v1/meters/{slug}/query", MeterQueryResult, params
+            "query_meter", f"/api/v1/meters/{_seg(slug)}/query", MeterQueryResult, params
         )
         return result

@@ -401,3 +401,36 @@ async def test_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatc
     assert seen == [
         f"GET http://openmeter.invalid:8888/api/v1/subscriptions/{SUB_ID} HTTP/1.1".encode()
     ]
+
+
+#: An OpenMeter key may hold anything but what ends a path segment would end it: ``?`` starts
+#: a query, ``#`` a fragment, ``%`` an escape, a space is no URL character at all.
+ODD_KEY = "acme?eu #1 50%"
+
+
+async def test_path_parameters_are_percent_encoded(router: respx.MockRouter) -> None:
+    route = router.get(url__regex=r".*").respond(
+        json={"totalCount": 0, "page": 0, "pageSize": 0, "items": []}
+    )
+    async with OpenMeterClient(BASE) as c:
+        assert await c.list_customer_subscriptions(ODD_KEY) == []
+    sent = route.calls.last.request
+    assert sent.url.raw_path == b"/api/v1/customers/acme%3Feu%20%231%2050%25/subscriptions"
+    assert sent.url.query == b""
+
+
+async def test_a_key_with_reserved_characters_reaches_its_customer() -> None:
+    """End to end on the emulator, which, like OpenMeter's router, unescapes path parameters:
+    the customer asked for is the one answered, not the key's part before the ``?``."""
+    from reconciler.emulator import create_app
+
+    app = create_app()
+    async with OpenMeterClient("http://emulator.test", transport=httpx.ASGITransport(app)) as c:
+        for key in ("acme", ODD_KEY):
+            r = await c._http.post(
+                "/api/v1/customers",
+                json={"key": key, "name": key, "usageAttribution": {"subjectKeys": [key]}},
+            )
+            assert r.status_code == 201, r.text
+        got = await c.get_customer(ODD_KEY)
+    assert got.key == ODD_KEY
