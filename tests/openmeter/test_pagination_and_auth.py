@@ -11,6 +11,7 @@ import httpx
 import pytest
 import respx
 
+from reconciler.emulator import create_app
 from reconciler.openmeter import OpenMeterClient, ServerError
 from reconciler.settings import Settings
 
@@ -403,8 +404,8 @@ async def test_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatc
     ]
 
 
-#: An OpenMeter key may hold anything but what ends a path segment would end it: ``?`` starts
-#: a query, ``#`` a fragment, ``%`` an escape, a space is no URL character at all.
+#: OpenMeter's keys are free text. Sent raw in a path, ``?`` would start a query, ``#`` a
+#: fragment and ``%`` an escape; a space is no URL character.
 ODD_KEY = "acme?eu #1 50%"
 
 
@@ -422,8 +423,6 @@ async def test_path_parameters_are_percent_encoded(router: respx.MockRouter) -> 
 async def test_a_key_with_reserved_characters_reaches_its_customer() -> None:
     """End to end on the emulator, which, like OpenMeter's router, unescapes path parameters:
     the customer asked for is the one answered, not the key's part before the ``?``."""
-    from reconciler.emulator import create_app
-
     app = create_app()
     async with OpenMeterClient("http://emulator.test", transport=httpx.ASGITransport(app)) as c:
         for key in ("acme", ODD_KEY):
