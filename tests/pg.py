@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -63,3 +64,57 @@ def fresh_database(prefix: str) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+class Statements:
+    """The statements sent to PostgreSQL while installed, whichever way they went: through
+    SQLAlchemy or on psycopg's own connection (``reconciler.store.pgdirect``), since both end in
+    psycopg's cursor ``execute`` / ``executemany``, patched here for the test.
+
+    ``seen``: (statement, whether its connection was in autocommit). ``lose_answers`` and
+    ``lose_prefix``: that many statements starting with the prefix run on the server, then
+    fail as if the connection had dropped before their answer arrived.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[tuple[str, bool]] = []
+        self.lose_answers = 0
+        self.lose_prefix = ""
+        execute = psycopg.AsyncCursor.execute
+        executemany = psycopg.AsyncCursor.executemany
+        log = self
+
+        async def patched_execute(
+            cur: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kw: Any
+        ) -> Any:
+            log._record(cur, query)
+            result = await execute(cur, query, *args, **kw)
+            log._after(query)
+            return result
+
+        async def patched_executemany(
+            cur: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kw: Any
+        ) -> Any:
+            log._record(cur, query)
+            result = await executemany(cur, query, *args, **kw)
+            log._after(query)
+            return result
+
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", patched_execute)
+        monkeypatch.setattr(psycopg.AsyncCursor, "executemany", patched_executemany)
+
+    @property
+    def statements(self) -> list[str]:
+        return [s for s, _ in self.seen]
+
+    def verbs(self) -> list[str]:
+        """Each statement's first word, upper-cased."""
+        return [s.split()[0].upper() for s, _ in self.seen]
+
+    def _record(self, cur: psycopg.AsyncCursor[Any], query: Any) -> None:
+        self.seen.append((str(query), bool(cur.connection.autocommit)))
+
+    def _after(self, query: Any) -> None:
+        if self.lose_answers and str(query).startswith(self.lose_prefix):
+            self.lose_answers -= 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly")

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconciler.store import pgdirect
 from reconciler.store.database import Database
 from reconciler.store.rows import Mapper, aware, read_all
 from reconciler.store.schema import audit_log
@@ -17,6 +18,9 @@ from reconciler.store.types import AuditEntry, AuditKind
 _AUDIT = Mapper(AuditEntry, {"kind": AuditKind})
 #: Built once: a statement object keeps its cache key, so each insert skips rebuilding it.
 _INSERT_AUDIT = audit_log.insert()
+#: PostgreSQL (``pgdirect``): the same insert, every column but the id.
+_PG_AUDIT = pgdirect.Columns(audit_log, [c.name for c in audit_log.c if c.name != "id"])
+_PG_INSERT_AUDIT = _PG_AUDIT.insert()
 
 
 def audit_rows(entries: Iterable[AuditEntry]) -> list[dict[str, Any]]:
@@ -44,6 +48,11 @@ async def insert_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
     await conn.execute(_INSERT_AUDIT, rows)
 
 
+async def insert_audit_pg(pg: pgdirect.PgConn, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL: ``insert_audit`` on psycopg's connection (``Database.pg_tx``)."""
+    await pgdirect.insert_many(pg, _PG_AUDIT, _PG_INSERT_AUDIT, rows)
+
+
 class Audit:
     """The ``audit_log`` table."""
 
@@ -56,10 +65,18 @@ class Audit:
         if not rows:
             return 0
 
-        async def op(conn: AsyncConnection) -> None:
-            await insert_audit(conn, rows)
+        if self._db.sqlite:
 
-        await self._db.tx(op, write=True)
+            async def op(conn: AsyncConnection) -> None:
+                await insert_audit(conn, rows)
+
+            await self._db.tx(op, write=True)
+            return len(rows)
+
+        async def pg_op(pg: pgdirect.PgConn) -> None:
+            await insert_audit_pg(pg, rows)
+
+        await self._db.pg_tx(pg_op, write=True)
         return len(rows)
 
     async def list_audit(

@@ -20,11 +20,12 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconciler.domain.model import Direction, Timing
+from reconciler.store import pgdirect
 from reconciler.store.customers import ensure_customer, set_customer_id
 from reconciler.store.database import Database, Op
 from reconciler.store.errors import ChangeNotFoundError, StaleChangeError, StoreConflictError
 from reconciler.store.ids import new_ulid
-from reconciler.store.outbox import insert_events
+from reconciler.store.outbox import insert_events, insert_events_pg
 from reconciler.store.rows import (
     Mapper,
     aware,
@@ -65,6 +66,7 @@ UPDATABLE_CHANGE_FIELDS = frozenset(
 )
 
 SUPERSEDED = ChangeStatus.SUPERSEDED.value
+_TIMESTAMP_FIELDS = frozenset({"effective_at", "converges_at", "next_attempt_at"})
 
 # -- records ----------------------------------------------------------------------------------
 
@@ -111,6 +113,25 @@ async def read_change(conn: AsyncConnection, change_id: str) -> ChangeRecord | N
     """The change request ``change_id``, read in the caller's transaction."""
     row = (await conn.execute(_Q_CHANGE_BY_ID, {"b_id": change_id})).first()
     return change_record(row) if row is not None else None
+
+
+#: PostgreSQL (``pgdirect``): every column of a change request, in the table's order.
+_PG_CHANGE = pgdirect.Columns(change_requests)
+_PG_CHANGE_BY_ID = f"SELECT {_PG_CHANGE.sql} FROM change_requests WHERE id = %s"  # noqa: S608
+
+
+def change_from_pg(row: Sequence[Any]) -> ChangeRecord:
+    """A change request from a row of ``_PG_CHANGE``'s columns."""
+    rec = _CHANGE.of(_PG_CHANGE.names, _PG_CHANGE.read(row))
+    return rec if rec.details is not None else dataclasses.replace(rec, details={})
+
+
+async def read_change_pg(pg: pgdirect.PgConn, change_id: str) -> ChangeRecord | None:
+    """PostgreSQL: ``read_change`` on psycopg's connection."""
+    async with pg.cursor() as cur:
+        await cur.execute(_PG_CHANGE_BY_ID, (change_id,))
+        row = await cur.fetchone()
+    return change_from_pg(row) if row is not None else None
 
 
 def _desired_summaries(postgresql: bool) -> sa.Select[Any]:
@@ -348,6 +369,37 @@ def _update_statement(columns: tuple[str, ...], guard: str) -> sa.Update:
     return q
 
 
+_PG_UPDATES: dict[tuple[tuple[str, ...], str], tuple[str, pgdirect.Columns]] = {}
+
+
+def _pg_update_statement(columns: tuple[str, ...], guard: str) -> tuple[str, pgdirect.Columns]:
+    """PostgreSQL (``pgdirect``): ``_update_statement``'s twin, built once per shape. Its
+    parameters: the columns' values in ``columns``' order, the id, then (unless the guard is
+    ``none``) the status."""
+    key = (columns, guard)
+    found = _PG_UPDATES.get(key)
+    if found is None:
+        sets = pgdirect.Columns(change_requests, columns)
+        where = {"expected": " AND status = %s", "not_superseded": " AND status <> %s"}
+        sql = (  # schema names only (``pgdirect.Columns`` checks them), values bound
+            f"UPDATE change_requests SET {', '.join(f'{c} = %s' for c in sets.names)} "  # noqa: S608
+            f"WHERE id = %s{where.get(guard, '')} RETURNING {_PG_CHANGE.sql}"
+        )
+        found = _PG_UPDATES.setdefault(key, (sql, sets))
+    return found
+
+
+def _guard(values: Mapping[str, Any], expected: str | None) -> tuple[str, str]:
+    """``update_row``'s status guard and the status it compares with."""
+    if expected is not None:
+        return "expected", expected
+    if values.get("status", SUPERSEDED) != SUPERSEDED:
+        # Superseded is final: a worker still busy with a request that a newer one
+        # replaced meanwhile must not bring it back as applied/scheduled/converged.
+        return "not_superseded", SUPERSEDED
+    return "none", SUPERSEDED
+
+
 class Changes:
     """The ``change_requests`` table, and the customer's desired pointer a submit moves."""
 
@@ -501,6 +553,8 @@ class Changes:
                 v = Timing(v).value
             elif k == "details":
                 v = dict(v or {})
+            elif k in _TIMESTAMP_FIELDS and v is not None:
+                v = aware(v, k)  # a naive one is refused here, in the caller's terms
             values[k] = v
         values["updated_at"] = aware(now, "now") if now is not None else self._db.clock()
         return values
@@ -515,26 +569,41 @@ class Changes:
     ) -> ChangeRecord:
         """In the caller's transaction: the update of ``update_change`` (``values`` from
         ``values``), and its events."""
-        if expected is not None:
-            guard = "expected"
-        elif values.get("status", SUPERSEDED) != SUPERSEDED:
-            # Superseded is final: a worker still busy with a request that a newer one
-            # replaced meanwhile must not bring it back as applied/scheduled/converged.
-            guard = "not_superseded"
-        else:
-            guard = "none"
+        guard, status = _guard(values, expected)
         params = {f"v_{k}": v for k, v in values.items()}
         params["b_id"] = change_id
-        params["b_status"] = expected if expected is not None else SUPERSEDED
+        params["b_status"] = status
         result = await conn.execute(_update_statement(tuple(sorted(values)), guard), params)
         row = result.first()
         if row is None:
             current = await read_change(conn, change_id)
-            if current is None:
-                raise ChangeNotFoundError(f"change {change_id} not found")
-            raise StaleChangeError(change_id, expected or "open", current.status.value)
+            raise _not_updated(change_id, expected, current)
         record = change_record(row)
         await insert_events(conn, events, record.customer, record.id, values["updated_at"])
+        return record
+
+    async def update_row_pg(
+        self,
+        pg: pgdirect.PgConn,
+        change_id: str,
+        values: Mapping[str, Any],
+        expected: str | None,
+        events: Sequence[NewEvent],
+    ) -> ChangeRecord:
+        """PostgreSQL: ``update_row`` on psycopg's connection (``Database.pg_tx``)."""
+        guard, status = _guard(values, expected)
+        columns = tuple(sorted(values))
+        sql, sets = _pg_update_statement(columns, guard)
+        params = [*sets.values(values), change_id]
+        if guard != "none":
+            params.append(status)
+        async with pg.cursor() as cur:
+            await cur.execute(sql, params)
+            row = await cur.fetchone()
+        if row is None:
+            raise _not_updated(change_id, expected, await read_change_pg(pg, change_id))
+        record = change_from_pg(row)
+        await insert_events_pg(pg, events, record.customer, record.id, values["updated_at"])
         return record
 
     async def update_change(
@@ -555,10 +624,17 @@ class Changes:
         values = self.values(fields, now)
         expected = ChangeStatus(expected_status).value if expected_status is not None else None
 
-        async def op(conn: AsyncConnection) -> ChangeRecord:
-            return await self.update_row(conn, change_id, values, expected, events)
+        if self._db.sqlite:
 
-        return await self._db.tx(op, write=True)
+            async def op(conn: AsyncConnection) -> ChangeRecord:
+                return await self.update_row(conn, change_id, values, expected, events)
+
+            return await self._db.tx(op, write=True)
+
+        async def pg_op(pg: pgdirect.PgConn) -> ChangeRecord:
+            return await self.update_row_pg(pg, change_id, values, expected, events)
+
+        return await self._db.pg_tx(pg_op, write=True)
 
     async def refresh_observed_mark(self, change_id: str, old: str | None, new: str) -> bool:
         """The sweep's write when a converged customer's subscription moved but its items did
@@ -582,6 +658,15 @@ class Changes:
 
     async def count_changes_by_status(self) -> dict[str, int]:
         return await count_by_status(self._db, change_requests.c.status, list(ChangeStatus))
+
+
+def _not_updated(
+    change_id: str, expected: str | None, current: ChangeRecord | None
+) -> ChangeNotFoundError | StaleChangeError:
+    """Why ``update_row`` matched no row: the change is unknown, or its status moved on."""
+    if current is None:
+        return ChangeNotFoundError(f"change {change_id} not found")
+    return StaleChangeError(change_id, expected or "open", current.status.value)
 
 
 def _received(change: ChangeRecord) -> tuple[datetime, str]:

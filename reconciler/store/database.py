@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TypeAlias, TypedDict, TypeVar, Unpack
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -28,7 +29,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from reconciler.store import sqlite
+from reconciler.store import pgdirect, sqlite
 from reconciler.store.errors import (
     StoreConflictError,
     StoreError,
@@ -41,6 +42,8 @@ T = TypeVar("T")
 
 #: What a repository asks the database to run: a coroutine on one connection, in a transaction.
 Op: TypeAlias = Callable[[AsyncConnection], Awaitable[T]]
+#: PostgreSQL: an operation on the pooled connection's psycopg connection (``Database.pg_tx``).
+PgOp: TypeAlias = Callable[[pgdirect.PgConn], Awaitable[T]]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = "reconciler.store.migrate"
@@ -270,24 +273,54 @@ class Database:
         SQLite): ``fn`` runs a single statement, atomic on its own, without the BEGIN and COMMIT
         round trips; any fault while it runs is one while committing.
         """
+
+        async def attempt(committing: list[bool]) -> T:
+            if self._thread is not None:
+                return await self.in_db_thread(self._thread.transaction, fn, write, committing)
+            if autocommit:
+                async with self._pg_autocommit.connect() as conn:
+                    committing[0] = True
+                    return await fn(conn)
+            async with self.pg.connect() as conn, conn.begin():
+                result = await fn(conn)
+                committing[0] = True
+            return result
+
+        return await self._retrying(attempt, write=write, idempotent=idempotent)
+
+    async def pg_tx(self, fn: PgOp[T], *, write: bool, idempotent: bool = False) -> T:
+        """PostgreSQL: ``tx`` with ``fn`` given the pooled connection's own psycopg connection
+        (``pgdirect``: the hot writes, without SQLAlchemy's per-statement cost). The same
+        transaction, retry and fault rules as ``tx``."""
+
+        async def attempt(committing: list[bool]) -> T:
+            async with self.pg.connect() as conn:
+                pg = await pgdirect.driver(conn)
+                try:
+                    result = await fn(pg)
+                    committing[0] = True
+                    await pg.commit()
+                except psycopg.Error as e:
+                    raise await pgdirect.as_dbapi_error(conn, pg, e) from e
+                # any other exception: the pool's reset on return rolls the transaction back
+            return result
+
+        return await self._retrying(attempt, write=write, idempotent=idempotent)
+
+    async def _retrying(
+        self, attempt: Callable[[list[bool]], Awaitable[T]], *, write: bool, idempotent: bool
+    ) -> T:
+        """``attempt`` (one transaction; it sets ``committing[0]`` once its commit is under way)
+        again after a transient fault, a bounded number of times (``tx``'s rules)."""
         if self._closed:
             raise StoreError("store is closed")
         if write and self.read_only:
             raise StoreReadOnlyError("the store is open read-only")
         delay = 0.05
-        for attempt in range(self._retries + 1):
+        for n in range(self._retries + 1):
             committing = [False]
             try:
-                if self._thread is not None:
-                    return await self.in_db_thread(self._thread.transaction, fn, write, committing)
-                if autocommit:
-                    async with self._pg_autocommit.connect() as conn:
-                        committing[0] = True
-                        return await fn(conn)
-                async with self.pg.connect() as conn, conn.begin():
-                    result = await fn(conn)
-                    committing[0] = True
-                return result
+                return await attempt(committing)
             except exc.DBAPIError as e:
                 if not is_transient(e, self.sqlite):
                     raise translate(e) from e
@@ -299,7 +332,7 @@ class Database:
                 raise StoreUnavailable(
                     f"database fault while committing (outcome unknown): {err}", ambiguous=True
                 ) from err
-            if attempt == self._retries:
+            if n == self._retries:
                 raise StoreUnavailable(f"database unavailable: {err}") from err
             await asyncio.sleep(delay)
             delay = min(delay * 4, 1.0)

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconciler.store import pgdirect
 from reconciler.store.database import Database
 from reconciler.store.errors import EventNotFoundError, InvalidTransitionError
 from reconciler.store.ids import new_event_id
@@ -21,6 +22,44 @@ _EVENT = Mapper(OutboxEvent, {"status": EventStatus})
 
 
 _INSERT_EVENTS = outbox_events.insert()  # built once (its cache key is kept)
+#: PostgreSQL (``pgdirect``): the same insert, the columns ``event_rows`` fills.
+_PG_EVENTS = pgdirect.Columns(
+    outbox_events,
+    [
+        "id",
+        "type",
+        "customer",
+        "change_id",
+        "payload",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+    ],
+)
+_PG_INSERT_EVENTS = _PG_EVENTS.insert()
+
+
+def event_rows(
+    events: Sequence[NewEvent], customer: str | None, change_id: str | None, now: datetime
+) -> list[dict[str, Any]]:
+    """``events`` as rows to insert; ``customer`` and ``change_id`` are those of the change they
+    are written with, for events that name none."""
+    return [
+        {
+            "id": e.id or new_event_id(),
+            "type": e.type,
+            "customer": e.customer if e.customer is not None else customer,
+            "change_id": e.change_id if e.change_id is not None else change_id,
+            "payload": dict(e.payload),
+            "status": EventStatus.PENDING.value,
+            "attempts": 0,
+            # NULL: due at once, whatever clock the deliverer runs on
+            "next_attempt_at": None,
+            "created_at": now,
+        }
+        for e in events
+    ]
 
 
 async def insert_events(
@@ -30,28 +69,22 @@ async def insert_events(
     change_id: str | None,
     now: datetime,
 ) -> None:
-    """Insert ``events`` in the caller's transaction; ``customer`` and ``change_id`` are those
-    of the change they are written with, for events that name none."""
-    if not events:
-        return
-    await conn.execute(
-        _INSERT_EVENTS,
-        [
-            {
-                "id": e.id or new_event_id(),
-                "type": e.type,
-                "customer": e.customer if e.customer is not None else customer,
-                "change_id": e.change_id if e.change_id is not None else change_id,
-                "payload": dict(e.payload),
-                "status": EventStatus.PENDING.value,
-                "attempts": 0,
-                # NULL: due at once, whatever clock the deliverer runs on
-                "next_attempt_at": None,
-                "created_at": now,
-            }
-            for e in events
-        ],
-    )
+    """Insert ``events`` in the caller's transaction (``event_rows``)."""
+    if events:
+        await conn.execute(_INSERT_EVENTS, event_rows(events, customer, change_id, now))
+
+
+async def insert_events_pg(
+    pg: pgdirect.PgConn,
+    events: Sequence[NewEvent],
+    customer: str | None,
+    change_id: str | None,
+    now: datetime,
+) -> None:
+    """PostgreSQL: ``insert_events`` on psycopg's connection (``Database.pg_tx``)."""
+    if events:
+        rows = event_rows(events, customer, change_id, now)
+        await pgdirect.insert_many(pg, _PG_EVENTS, _PG_INSERT_EVENTS, rows)
 
 
 class Outbox:

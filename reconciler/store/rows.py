@@ -77,9 +77,13 @@ class Mapper(Generic[R]):
         return layout
 
     def __call__(self, row: Row[Any]) -> R:
+        return self.of(tuple(row._fields), row)
+
+    def of(self, keys: tuple[str, ...], values: Sequence[Any]) -> R:
+        """A record from ``values``, the row's columns named ``keys``."""
         out: dict[str, Any] = {}
-        for name, i, conv in self._layout(tuple(row._fields)):
-            v = row[i]
+        for name, i, conv in self._layout(keys):
+            v = values[i]
             out[name] = conv(v) if conv is not None and v is not None else v
         return self.cls(**out)
 

@@ -18,12 +18,13 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack, cast, 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconciler.store.audit import Audit, audit_rows, insert_audit
+from reconciler.store.audit import Audit, audit_rows, insert_audit, insert_audit_pg
 from reconciler.store.changes import Changes
 from reconciler.store.claims import KEEP, Claim, Claims, Keep, Leadership
 from reconciler.store.customers import Customers
 from reconciler.store.database import Database, Op, OpenOptions, advisory_key
-from reconciler.store.outbox import Outbox, insert_events
+from reconciler.store.outbox import Outbox, insert_events, insert_events_pg
+from reconciler.store.pgdirect import PgConn
 from reconciler.store.types import AuditEntry, ChangeRecord, NewEvent
 
 __all__ = ["KEEP", "Claim", "Keep", "Leadership", "Store", "advisory_key"]
@@ -172,9 +173,24 @@ class Store:
                 await _run_all(conn, claim_ops)
             return record
 
+        async def pg_op(pg: PgConn) -> ChangeRecord | None:
+            # the same writes on psycopg's connection (``pgdirect``: the hot path)
+            record = None
+            if values is not None and change_id is not None:
+                record = await self._changes.update_row_pg(pg, change_id, values, None, events)
+            elif events:
+                await insert_events_pg(pg, events, None, change_id, self.db.clock())
+            if rows:
+                await insert_audit_pg(pg, rows)
+            return record
+
         record = None
-        if values is not None or events or rows or (inline and claim_ops):
-            record = await self.db.tx(op, write=True)
+        if self.db.sqlite:
+            if values is not None or events or rows or (inline and claim_ops):
+                record = await self.db.tx(op, write=True)
+        elif values is not None or events or rows:
+            assert not inline  # a PostgreSQL claim always holds its connection
+            record = await self.db.pg_tx(pg_op, write=True)
         if claim is not None and not inline and claim_ops:
             claim.defer(claim_ops, customer_id)  # run on the claim's connection when it ends
         return record

@@ -180,6 +180,13 @@ async def test_update_change_fields_and_optimistic_concurrency(store: Store, clo
         await store.update_change(c.id, plan_key="other")
     with pytest.raises(ValueError, match="aware"):
         await store.update_change(c.id, now=T0.replace(tzinfo=None))
+    for field in ("effective_at", "converges_at", "next_attempt_at"):
+        # refused as the caller's mistake, before anything is sent, on both databases
+        with pytest.raises(ValueError, match=f"{field} must be a timezone-aware datetime"):
+            await store.update_change(c.id, **{field: T0.replace(tzinfo=None)})
+        with pytest.raises(ValueError, match=f"{field} must be a timezone-aware datetime"):
+            await store.commit(c.id, fields={field: T0.replace(tzinfo=None)})
+    assert await store.get_change(c.id) == upd
 
 
 async def test_outbox_is_written_atomically_with_update(store: Store) -> None:

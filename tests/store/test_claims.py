@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from reconciler.store import Store, StoreUnavailable
-from tests.pg import PG_ADMIN_DSN
+from tests.pg import PG_ADMIN_DSN, Statements
 
 from .conftest import T0
 
@@ -173,45 +173,35 @@ async def test_reschedule_after_a_request_arrived_keeps_the_earlier_time(store: 
         assert row is not None and row.next_check_at == at
 
 
-async def test_a_steps_customer_row_writes_go_through_the_claim_together(store: Store) -> None:
+async def test_a_steps_customer_row_writes_go_through_the_claim_together(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``commit`` with a resolved id and a next check: both land on the customer's row (on
     PostgreSQL on the claim's connection, run right before it commits: no savepoint, and
     nothing of them before the claim ends)."""
-    from sqlalchemy import event
-
     change = (await store.submit_change("acme", "pro", None, T0, "webhook", "w", T0)).change
-    statements: list[str] = []
-    engine = None if store.dialect == "sqlite" else store.db.pg.sync_engine
-    if engine is not None:
-
-        def seen(_c: object, _cur: object, statement: str, *_args: object) -> None:
-            statements.append(statement.split()[0].upper())
-
-        event.listen(engine, "before_cursor_execute", seen)
-    try:
-        async with store.claim("acme") as claim:
-            assert claim is not None and claim.customer_id is None
-            await store.commit(
-                change.id,
-                fields={"status": "converged"},
-                claim=claim,
-                customer_id="01JQ8Z6V2X3Y4Z5A6B7C8D9CST",
-                reschedule=T0 + 24 * H,
-            )
-            assert claim.customer_id == "01JQ8Z6V2X3Y4Z5A6B7C8D9CST"
-            if engine is not None:
-                assert "SAVEPOINT" not in statements and statements.count("UPDATE") == 1
-        assert claim is not None and claim.next_check_at == T0 + 24 * H
-    finally:
-        if engine is not None:
-            event.remove(engine, "before_cursor_execute", seen)
+    pg = store.dialect != "sqlite"
+    log = Statements(monkeypatch)
+    async with store.claim("acme") as claim:
+        assert claim is not None and claim.customer_id is None
+        await store.commit(
+            change.id,
+            fields={"status": "converged"},
+            claim=claim,
+            customer_id="01JQ8Z6V2X3Y4Z5A6B7C8D9CST",
+            reschedule=T0 + 24 * H,
+        )
+        assert claim.customer_id == "01JQ8Z6V2X3Y4Z5A6B7C8D9CST"
+        if pg:
+            assert "SAVEPOINT" not in log.verbs() and log.verbs().count("UPDATE") == 1
+    assert claim is not None and claim.next_check_at == T0 + 24 * H
     row = await store.get_customer("acme")
     assert row is not None
     assert (row.customer_id, row.next_check_at) == ("01JQ8Z6V2X3Y4Z5A6B7C8D9CST", T0 + 24 * H)
-    if engine is not None:
+    if pg:
         # the change's update, then the claim's two customer-row writes just before COMMIT
-        assert "SAVEPOINT" not in statements, statements
-        assert statements.count("UPDATE") == 3, statements
+        assert "SAVEPOINT" not in log.verbs(), log.seen
+        assert log.verbs().count("UPDATE") == 3, log.seen
 
 
 @pytest.mark.postgres

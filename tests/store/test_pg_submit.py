@@ -10,14 +10,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from sqlalchemy import event
 
 from reconciler.store import ChangeStatus, NewEvent, Store
 from reconciler.store.schema import change_requests
+from tests.pg import Statements
 
 from .conftest import T0
 
@@ -33,23 +32,13 @@ def db_url(pg_database: str) -> str:
     return pg_database
 
 
-class Statements:
-    """The statements the store sends, with whether the connection was in autocommit."""
-
-    def __init__(self, store: Store) -> None:
-        self.seen: list[tuple[str, bool]] = []
-        self.lose_answers = 0
-        engine = store.db.pg.sync_engine
-        event.listen(engine, "before_cursor_execute", self._before)
-        event.listen(engine, "after_cursor_execute", self._after)
-
-    def _before(self, conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        self.seen.append((statement, bool(conn.connection.dbapi_connection.autocommit)))
-
-    def _after(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if self.lose_answers and statement.startswith(CALL):
-            self.lose_answers -= 1
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch) -> Statements:
+    """The statements sent to PostgreSQL (``tests.pg.Statements``); answers lost are the
+    submit function's."""
+    seen = Statements(monkeypatch)
+    seen.lose_prefix = CALL
+    return seen
 
 
 async def _rows(store: Store, source_id: str) -> list[Any]:
@@ -60,8 +49,9 @@ async def _rows(store: Store, source_id: str) -> list[Any]:
     return await store.db.tx(op, write=False)
 
 
-async def test_a_webhook_submit_is_one_statement_in_autocommit(store: Store) -> None:
-    log = Statements(store)
+async def test_a_webhook_submit_is_one_statement_in_autocommit(
+    store: Store, log: Statements
+) -> None:
     first = await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
     second = await store.submit_change("acme", "max", None, T0 + H, "webhook", "wh_2", T0 + H)
     again = await store.submit_change("acme", "max", None, T0 + H, "webhook", "wh_2", T0 + H)
@@ -73,8 +63,7 @@ async def test_a_webhook_submit_is_one_statement_in_autocommit(store: Store) -> 
     assert desired == second.change
 
 
-async def test_events_or_no_source_id_keep_a_transaction(store: Store) -> None:
-    log = Statements(store)
+async def test_events_or_no_source_id_keep_a_transaction(store: Store, log: Statements) -> None:
     ev = NewEvent(type="change.received", payload={})
     await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0, events=[ev])
     await store.submit_change("acme", "max", None, T0 + H, "cli", None, T0 + H)
@@ -87,9 +76,8 @@ async def test_events_or_no_source_id_keep_a_transaction(store: Store) -> None:
 
 
 async def test_an_answer_lost_after_the_commit_is_retried_into_the_same_row(
-    store: Store,
+    store: Store, log: Statements
 ) -> None:
-    log = Statements(store)
     log.lose_answers = 1
     result = await store.submit_change("acme", "pro", None, T0, "webhook", "wh_1", T0)
     # the first call committed and its answer was lost; the retry finds that row by its
@@ -106,9 +94,8 @@ async def test_an_answer_lost_after_the_commit_is_retried_into_the_same_row(
 
 
 async def test_a_fault_before_commit_without_a_source_id_is_retried_once_stored(
-    store: Store,
+    store: Store, log: Statements
 ) -> None:
-    log = Statements(store)
     log.lose_answers = 1
     result = await store.submit_change("acme", "pro", None, T0, "cli", None, T0)
     # in a transaction the fault came before COMMIT: that attempt was rolled back, and the

@@ -1,0 +1,143 @@
+"""PostgreSQL: the hot writes on the pooled connection's own psycopg connection.
+
+An engine step's commit through SQLAlchemy's async engine costs about 0.6–0.75 ms more CPU than
+the same statements sent on the psycopg connection underneath: per statement, the greenlet
+bridge, an execution context, the result's set-up and the type processing of every value
+(docs/BENCHMARKS.md §6–8, twelfth session). The writes an upgrade makes several times — a
+step's commit, an audit append — are sent here instead (``Database.pg_tx``). Nothing else
+changes: the connection is checked out of SQLAlchemy's pool and returned to it, so the pool's
+size, its reset on return and its invalidation after a lost connection stay what they are.
+
+- **Statements** are built from the table definitions (``schema.py``) once per shape, so a
+  column added there is in them too. psycopg prepares a statement server-side on its fifth use.
+- **Values** are bound as SQLAlchemy's psycopg dialect binds them: JSON columns as ``Jsonb``
+  (``None`` as SQL NULL, ``none_as_null``), timestamps aware (a naive one is refused, as
+  ``UTCDateTime`` refuses it). Rows come back with their timestamps in UTC, as through
+  ``UTCDateTime``.
+- **Faults** are raised as SQLAlchemy's ``DBAPIError`` classes (``as_dbapi_error``), so the
+  retry, the ambiguity of a fault while committing and the translation to store errors are
+  ``Database.tx``'s own. A lost connection is first shown to SQLAlchemy, which then discards it
+  and every pooled connection older than the failure, as it does for its own statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC
+from typing import Any, TypeAlias
+
+import psycopg
+import sqlalchemy as sa
+from psycopg.types.json import Jsonb
+from sqlalchemy import exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from reconciler.store.schema import UTCDateTime
+
+#: psycopg's connection under a pooled SQLAlchemy one.
+PgConn: TypeAlias = "psycopg.AsyncConnection[Any]"
+_Convert: TypeAlias = Callable[[Any], Any]
+
+
+async def driver(conn: AsyncConnection) -> PgConn:
+    """The psycopg connection under ``conn`` (checked out of the pool by ``conn``)."""
+    raw = await conn.get_raw_connection()
+    pg = raw.driver_connection
+    assert isinstance(pg, psycopg.AsyncConnection)
+    return pg
+
+
+async def as_dbapi_error(conn: AsyncConnection, pg: PgConn, err: psycopg.Error) -> exc.DBAPIError:
+    """``err`` as SQLAlchemy would have raised it. When the connection is lost, a statement
+    through SQLAlchemy on it lets SQLAlchemy see the disconnect: it invalidates this connection
+    and the pool's older ones, and raises with ``connection_invalidated``."""
+    if pg.broken or pg.closed:
+        try:
+            await conn.exec_driver_sql("SELECT 1")
+        except exc.DBAPIError as seen:
+            if seen.connection_invalidated:
+                return seen
+    wrapped = exc.DBAPIError.instance(None, None, err, psycopg.Error)
+    assert isinstance(wrapped, exc.DBAPIError)
+    return wrapped
+
+
+def _json(value: Any) -> Any:
+    return Jsonb(value) if value is not None else None
+
+
+def _timestamp(value: Any) -> Any:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: the store only accepts aware datetimes")
+    return value
+
+
+def _utc(value: Any) -> Any:
+    return value.astimezone(UTC) if value is not None else None
+
+
+def _bind(column: sa.Column[Any]) -> _Convert | None:
+    if isinstance(column.type, sa.JSON):
+        return _json
+    if isinstance(column.type, UTCDateTime):
+        return _timestamp
+    return None
+
+
+class Columns:
+    """Columns of one table in a fixed order: their list for SQL, their values bound from a row
+    mapping, and rows read back as mappings (timestamps in UTC)."""
+
+    def __init__(self, table: sa.Table, names: Sequence[str] | None = None) -> None:
+        cols = [table.c[n] for n in names] if names is not None else list(table.c)
+        # The SQL here is built from the schema's names alone, never from values; they are
+        # plain lower-case identifiers, which need no quoting.
+        for name in (table.name, *(c.name for c in cols)):
+            if not (name.isidentifier() and name == name.lower() and name.isascii()):
+                raise ValueError(f"{name!r} is not a plain identifier")
+        self.table = table.name
+        self.names = tuple(c.name for c in cols)
+        self.sql = ", ".join(self.names)
+        self._binds = tuple(_bind(c) for c in cols)
+        self._reads = tuple(
+            (i, _utc) for i, c in enumerate(cols) if isinstance(c.type, UTCDateTime)
+        )
+
+    def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """``row``'s values in this order, bound for psycopg."""
+        return tuple(
+            conv(row[n]) if conv is not None else row[n]
+            for n, conv in zip(self.names, self._binds, strict=True)
+        )
+
+    def bind(self, name: str, value: Any) -> Any:
+        conv = self._binds[self.names.index(name)]
+        return conv(value) if conv is not None else value
+
+    def read(self, row: Sequence[Any]) -> list[Any]:
+        """A row selected or returned in this order, its timestamps in UTC."""
+        out = list(row)
+        for i, conv in self._reads:
+            out[i] = conv(out[i])
+        return out
+
+    def insert(self) -> str:
+        """``INSERT`` of one row of these columns (``executemany`` for several)."""
+        marks = ", ".join(["%s"] * len(self.names))
+        return f"INSERT INTO {self.table} ({self.sql}) VALUES ({marks})"  # noqa: S608 (names)
+
+
+async def insert_many(
+    pg: PgConn, cols: Columns, sql: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert ``rows`` (mappings of ``cols``' names) in the connection's transaction: one
+    statement, several rows pipelined by psycopg's ``executemany``."""
+    if not rows:
+        return
+    async with pg.cursor() as cur:
+        if len(rows) == 1:
+            await cur.execute(sql, cols.values(rows[0]))
+        else:
+            await cur.executemany(sql, [cols.values(r) for r in rows])
