@@ -43,6 +43,7 @@ transport), it changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import select
 import socket
@@ -53,6 +54,8 @@ from typing import Any
 
 import httpcore
 import httpx
+
+from reconciler.openmeter.streams import AsyncioBackend
 
 
 def is_readable(sock: socket.socket | None) -> bool:
@@ -194,6 +197,58 @@ class LinearPool(httpcore.AsyncConnectionPool):
                 pool_request.assign_to_connection(chosen)
         return closing
 
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        connection = super().create_connection(origin)
+        if type(connection) is httpcore.AsyncHTTPConnection:
+            connection.__class__ = _Connection
+        return connection
+
+    async def _close_connections(self, closing: list[httpcore.AsyncConnectionInterface]) -> None:
+        # httpcore's enters a cancel scope at every response's end, with nothing to close at
+        # nearly all of them; one is only needed around a close
+        if closing:
+            await super()._close_connections(closing)
+
+
+class _Lock:
+    """httpcore's ``AsyncLock`` on ``asyncio.Lock``. anyio's lock, which httpcore's uses under
+    asyncio, yields the event loop on every acquire even when nobody holds it; this one
+    yields only when it must wait. Nothing else differs."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> _Lock:
+        await self._lock.acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
+class _Connection(httpcore.AsyncHTTPConnection):
+    """httpcore's connection without its two lock acquisitions per request (``_Lock``).
+
+    httpcore's takes ``_request_lock`` on every request, though all it guards is opening the
+    connection: with the connection open, nothing runs under it. This one goes straight to the
+    open connection then, and gives an HTTP/1.1 connection, once it exists, a ``_Lock`` for its
+    state (taken at a request's start and end; it is free when it is replaced, right after
+    the first request's headers arrived and before its body is read)."""
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        inner = self._connection
+        if inner is not None and self.can_handle_request(request.url.origin):
+            return await inner.handle_async_request(request)
+        response = await super().handle_async_request(request)
+        inner = self._connection
+        if type(inner) is httpcore.AsyncHTTP11Connection and not isinstance(
+            getattr(inner, "_state_lock", None), _Lock
+        ):
+            inner._state_lock = _Lock()  # type: ignore[assignment]
+        return response
+
 
 _POOL_STATE = ("_connections", "_requests", "_max_connections", "_max_keepalive_connections")
 
@@ -213,9 +268,13 @@ def install(client: httpx.AsyncClient) -> bool:
         return False
     backend = getattr(pool, "_network_backend", None)
     if not isinstance(backend, httpcore.AsyncNetworkBackend) or isinstance(
-        backend, CachedSocketBackend
+        backend, CachedSocketBackend | AsyncioBackend
     ):
         return False
-    pool._network_backend = CachedSocketBackend(backend)
+    if type(backend).__module__ == "httpcore._backends.auto":
+        # httpcore's default (anyio's streams under asyncio): asyncio's own (``streams``)
+        pool._network_backend = AsyncioBackend()
+    else:
+        pool._network_backend = CachedSocketBackend(backend)
     pool.__class__ = LinearPool
     return True

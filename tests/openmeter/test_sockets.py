@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from reconciler.openmeter import sockets
 from reconciler.openmeter.client import OpenMeterClient
+from reconciler.openmeter.streams import AsyncioBackend
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]"
 
@@ -63,7 +64,7 @@ async def test_the_client_uses_it_and_replaces_a_connection_the_server_closed() 
     async with serving(serve) as client:
         pool = client._http._transport._pool  # type: ignore[attr-defined]
         assert isinstance(pool, httpcore.AsyncConnectionPool)
-        assert isinstance(pool._network_backend, sockets.CachedSocketBackend)
+        assert isinstance(pool._network_backend, AsyncioBackend)
         for _ in range(3):
             r = await client._http.get("/api/v1/anything")
             assert r.status_code == 200 and r.json() == []
