@@ -80,28 +80,19 @@ class Statements:
         self.seen: list[tuple[str, bool]] = []
         self.lose_answers = 0
         self.lose_prefix = ""
-        execute = psycopg.AsyncCursor.execute
-        executemany = psycopg.AsyncCursor.executemany
-        log = self
+        for name in ("execute", "executemany"):
+            monkeypatch.setattr(psycopg.AsyncCursor, name, self._observed(name))
 
-        async def patched_execute(
-            cur: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kw: Any
-        ) -> Any:
-            log._record(cur, query)
-            result = await execute(cur, query, *args, **kw)
-            log._after(query)
+    def _observed(self, name: str) -> Any:
+        original = getattr(psycopg.AsyncCursor, name)
+
+        async def observed(cur: psycopg.AsyncCursor[Any], query: Any, *a: Any, **kw: Any) -> Any:
+            self._record(cur, query)
+            result = await original(cur, query, *a, **kw)
+            self._after(query)
             return result
 
-        async def patched_executemany(
-            cur: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kw: Any
-        ) -> Any:
-            log._record(cur, query)
-            result = await executemany(cur, query, *args, **kw)
-            log._after(query)
-            return result
-
-        monkeypatch.setattr(psycopg.AsyncCursor, "execute", patched_execute)
-        monkeypatch.setattr(psycopg.AsyncCursor, "executemany", patched_executemany)
+        return observed
 
     @property
     def statements(self) -> list[str]:

@@ -4,12 +4,10 @@ at once.
 **The idle-connection check.** Every time a request enters or leaves httpcore's pool, the pool
 asks each pooled connection whether it has expired, and each idle HTTP/1.1 connection answers by
 asking its network stream whether its socket is readable (a server that closed the connection).
-httpcore's anyio stream looks the socket up through anyio's typed attributes, which build a
-fresh dict of the socket's attributes on every call, including a ``getpeername`` system call.
-With 30 connections pooled, a profile of 200 concurrent upgrades (docs/BENCHMARKS.md, 6–8) spent
-8.5 % of the service's samples there. The stream of this module keeps the socket it was created
-with and answers ``is_readable`` with one ``poll`` of it, as httpcore does; everything else is
-passed through.
+httpcore's anyio stream looked the socket up through anyio's typed attributes, a fresh dict and
+a ``getpeername`` system call per call: 8.5 % of the service's samples in a profile of 200
+concurrent upgrades (docs/BENCHMARKS.md, 6–8). The streams ``install`` gives the pool
+(``streams.AsyncioBackend``) answer from what the event loop already saw, with no system call.
 
 **The pool walk.** The same bookkeeping (httpcore 1.0's ``_assign_requests_to_connections``)
 decides whether to close a surplus idle connection by counting the pool again for every idle
@@ -22,7 +20,8 @@ or else the first idle, connection for each queued request is found without buil
 ``tests/openmeter/test_sockets.py`` runs both on random pools and compares every outcome.
 
 **Looking at idle sockets less often.** Even one ``poll`` per idle connection, twice per
-request, was 8 % of the event loop's samples in the eighth session's profile (the same burst).
+request, was 8 % of the event loop's samples in the eighth session's profile (the same burst),
+when the check was a ``poll`` of the socket.
 ``LinearPool`` looks at every idle connection's socket at most once per ``sweep_interval``
 (1 s) and, between sweeps, only at the one it is about to reuse — so no request is handed a
 connection the server closed, as before; an idle connection that expired meanwhile is closed
@@ -38,96 +37,16 @@ limits); when any is missing or of another kind (another httpx or httpcore, a pr
 transport), it changes nothing.
 """
 
-# httpcore's network interface takes ``timeout`` arguments; these classes implement it.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio
 import math
-import select
-import socket
-import ssl
 import time
-from collections.abc import Iterable
-from typing import Any
 
 import httpcore
 import httpx
 
 from reconciler.openmeter.streams import AsyncioBackend
-
-
-def is_readable(sock: socket.socket | None) -> bool:
-    """httpcore's ``is_socket_readable``: a closed or unknown socket counts as readable (the
-    connection is then dropped)."""
-    if sock is None:
-        return True
-    fd = sock.fileno()
-    if fd == -1:
-        return True
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-class CachedSocketStream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return CachedSocketStream(inner)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable" and self._socket is not None:
-            return is_readable(self._socket)
-        if info == "socket" and self._socket is not None:
-            return self._socket
-        return self._inner.get_extra_info(info)
-
-
-class CachedSocketBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self.inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return CachedSocketStream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self.inner.connect_unix_socket(path, timeout, socket_options)
-        return CachedSocketStream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
 
 
 class LinearPool(httpcore.AsyncConnectionPool):
@@ -267,14 +186,8 @@ def install(client: httpx.AsyncClient) -> bool:
     ):
         return False
     backend = getattr(pool, "_network_backend", None)
-    if not isinstance(backend, httpcore.AsyncNetworkBackend) or isinstance(
-        backend, CachedSocketBackend | AsyncioBackend
-    ):
-        return False
-    if type(backend).__module__ == "httpcore._backends.auto":
-        # httpcore's default (anyio's streams under asyncio): asyncio's own (``streams``)
-        pool._network_backend = AsyncioBackend()
-    else:
-        pool._network_backend = CachedSocketBackend(backend)
+    if type(backend).__module__ != "httpcore._backends.auto":
+        return False  # not httpcore's default backend (anyio's streams under asyncio)
+    pool._network_backend = AsyncioBackend()
     pool.__class__ = LinearPool
     return True

@@ -1,11 +1,11 @@
-"""The client's cheaper idle-connection check (``reconciler/openmeter/sockets.py``), over real
-sockets: a pooled connection the server has closed is still found and replaced."""
+"""The client's pool (``reconciler/openmeter/sockets.py``): over real sockets, a pooled connection
+the server has closed is found and replaced; on random pools, ``LinearPool``'s bookkeeping
+against httpcore's."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpcore
@@ -19,18 +19,6 @@ from reconciler.openmeter.client import OpenMeterClient
 from reconciler.openmeter.streams import AsyncioBackend
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]"
-
-
-def test_is_readable_sees_the_peer_close() -> None:
-    a, b = socket.socketpair()
-    try:
-        assert sockets.is_readable(a) is False  # idle, open
-        b.close()
-        assert sockets.is_readable(a) is True  # EOF waiting: the pool drops the connection
-    finally:
-        a.close()
-    assert sockets.is_readable(a) is True  # closed (fileno -1)
-    assert sockets.is_readable(None) is True
 
 
 @contextlib.asynccontextmanager
