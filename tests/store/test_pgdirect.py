@@ -17,11 +17,12 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.harness import pg_terminate
 from reconciler.store import NewEvent, Store, StoreUnavailable
 from reconciler.store.errors import StoreConflictError
 from reconciler.store.schema import audit_log
 from reconciler.store.types import AuditEntry, AuditKind, ChangeRecord, ChangeStatus
-from tests.pg import PG_ADMIN_DSN, Statements
+from tests.pg import Statements
 
 from .conftest import T0, Clock
 
@@ -66,17 +67,6 @@ async def _audit_count(store: Store, change_id: str) -> int:
         return int((await conn.execute(q)).scalar_one())
 
     return await store.db.tx(op, write=False)
-
-
-def _terminate_others(store: Store) -> int:
-    name = store.url.database
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        ).fetchall()
-    return len(rows)
 
 
 async def test_a_commit_writes_and_returns_rows_as_sqlalchemy_reads_them(store: Store) -> None:
@@ -138,7 +128,7 @@ async def test_dead_pooled_connections_are_replaced_at_the_first_fault(
         changes = [await _change(store, f"c{i}") for i in range(4)]
         # four connections checked in to the pool, then every one of them killed
         await asyncio.gather(*(store.append_audit(_audit(c, 1)) for c in changes))
-        assert _terminate_others(store) >= 4
+        assert pg_terminate(pg_database) >= 4
         for c in changes:
             stored = await store.commit(c.id, fields={"status": "applied"}, audit=_audit(c, 2))
             assert stored is not None and stored.status is ChangeStatus.APPLIED
