@@ -112,10 +112,6 @@ class Columns:
             for n, conv in zip(self.names, self._binds, strict=True)
         )
 
-    def bind(self, name: str, value: Any) -> Any:
-        conv = self._binds[self.names.index(name)]
-        return conv(value) if conv is not None else value
-
     def read(self, row: Sequence[Any]) -> list[Any]:
         """A row selected or returned in this order, its timestamps in UTC."""
         out = list(row)
