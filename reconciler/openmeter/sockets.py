@@ -148,7 +148,7 @@ class _Lock:
 
 
 class _Connection(httpcore.AsyncHTTPConnection):
-    """httpcore's connection without its two lock acquisitions per request (``_Lock``).
+    """httpcore's connection without anyio's locks on every request (``_Lock``).
 
     httpcore's takes ``_request_lock`` on every request, though all it guards is opening the
     connection: with the connection open, nothing runs under it. This one goes straight to the

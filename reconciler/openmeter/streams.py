@@ -19,7 +19,7 @@ protocol instead:
   certificates as configured), and ``get_extra_info`` answers what httpcore asks
   (``ssl_object``, ``socket``, ``client_addr``, ``server_addr``, ``is_readable``).
 
-``sockets.install`` puts it under the client's pool, beneath its cheaper idle check.
+``sockets.install`` puts it under the client's pool.
 """
 
 # httpcore's network interface takes ``timeout`` arguments; these classes implement it.
@@ -247,6 +247,6 @@ async def _connect(connecting: Any, timeout: float | None) -> AsyncioStream:
 
 def _set_options(stream: AsyncioStream, options: Iterable[Any] | None) -> None:
     sock = stream.get_extra_info("socket")
-    for option in options or ():
-        if sock is not None:
+    if sock is not None:
+        for option in options or ():
             sock.setsockopt(*option)
