@@ -72,14 +72,14 @@ class Statements:
     psycopg's cursor ``execute`` / ``executemany``, patched here for the test.
 
     ``seen``: (statement, whether its connection was in autocommit). ``lose_answers`` and
-    ``lose_prefix``: that many statements starting with the prefix run on the server, then
-    fail as if the connection had dropped before their answer arrived.
+    ``lose_matching``: that many statements containing the text run on the server, then fail
+    as if the connection had dropped before their answer arrived.
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.seen: list[tuple[str, bool]] = []
         self.lose_answers = 0
-        self.lose_prefix = ""
+        self.lose_matching = ""
         for name in ("execute", "executemany"):
             monkeypatch.setattr(psycopg.AsyncCursor, name, self._observed(name))
 
@@ -106,6 +106,6 @@ class Statements:
         self.seen.append((str(query), bool(cur.connection.autocommit)))
 
     def _after(self, query: Any) -> None:
-        if self.lose_answers and str(query).startswith(self.lose_prefix):
+        if self.lose_answers and self.lose_matching in str(query):
             self.lose_answers -= 1
             raise psycopg.OperationalError("server closed the connection unexpectedly")

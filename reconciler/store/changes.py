@@ -10,11 +10,12 @@ below, four statements in one transaction. The store tests run every rule on bot
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import ARRAY as pg_ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -87,11 +88,12 @@ def change_record(row: Row[Any]) -> ChangeRecord:
     return rec if rec.details is not None else dataclasses.replace(rec, details={})
 
 
-def desired_record(row: Row[Any]) -> ChangeRecord | None:
-    """The ``desired_*`` columns of ``row`` as a change (None: the customer has none)."""
-    if row.desired_id is None:
+def desired_of(keys: tuple[str, ...], values: Sequence[Any]) -> ChangeRecord | None:
+    """The ``desired_*`` columns of a row (its columns named ``keys``) as a change (None: the
+    customer has none)."""
+    if values[keys.index("desired_id")] is None:
         return None
-    rec = _DESIRED(row)
+    rec = _DESIRED.of(keys, values)
     return rec if rec.details is not None else dataclasses.replace(rec, details={})
 
 
@@ -165,51 +167,43 @@ _Q_DESIRED_SUMMARIES = {"sqlite": _desired_summaries(False), "postgresql": _desi
 # -- submitting: PostgreSQL's function and its SQLite twin ---------------------------------------
 
 
-def _pg_submit() -> sa.TextualSelect:
-    """PostgreSQL: the whole submit in one statement, the function ``reconciler_submit_change``
-    (Alembic revision 0003). Its rows: the request (the twin stored earlier under the same
-    (source, source_id), or the new row), then the requests it superseded."""
-    c = change_requests.c
-    return (
-        sa.text(
-            "SELECT * FROM reconciler_submit_change(:b_id, :b_customer, :b_customer_id, "
-            ":b_plan_key, CAST(:b_plan_version AS integer), :b_requested_at, :b_source, "
-            ":b_source_id, :b_details, :b_now)"
-        )
-        .bindparams(
-            sa.bindparam("b_requested_at", type_=c.requested_at.type),
-            sa.bindparam("b_details", type_=c.details.type),
-            sa.bindparam("b_now", type_=c.updated_at.type),
-        )
-        .columns(*c)
+#: PostgreSQL (``pgdirect``): the whole submit in one statement, the function
+#: ``reconciler_submit_change`` (Alembic revision 0003). Its rows: the request (the twin stored
+#: earlier under the same (source, source_id), or the new row), then the requests it
+#: superseded.
+_PG_SUBMIT = (
+    f"SELECT {_PG_CHANGE.sql} FROM reconciler_submit_change("  # noqa: S608 (schema's names)
+    "%s, %s, %s, %s, CAST(%s AS integer), %s, %s, %s, %s, %s)"
+)
+_PG_ID = _PG_CHANGE.names.index("id")
+
+
+def _submit_on_postgresql(
+    r: ChangeRecord, events: Sequence[NewEvent]
+) -> Callable[[pgdirect.PgConn], Awaitable[SubmitResult]]:
+    """PostgreSQL: one call of ``reconciler_submit_change``, then the events."""
+    params = (
+        r.id,
+        r.customer,
+        r.customer_id,
+        r.plan_key,
+        r.plan_version,
+        aware(r.requested_at, "requested_at"),
+        r.source.value,
+        r.source_id,
+        Jsonb(dict(r.details)),
+        aware(r.received_at, "now"),
     )
 
-
-_Q_PG_SUBMIT = _pg_submit()
-
-
-def _submit_on_postgresql(r: ChangeRecord, events: Sequence[NewEvent]) -> Op[SubmitResult]:
-    """PostgreSQL: one call of ``reconciler_submit_change``, then the events."""
-    params = {
-        "b_id": r.id,
-        "b_customer": r.customer,
-        "b_customer_id": r.customer_id,
-        "b_plan_key": r.plan_key,
-        "b_plan_version": r.plan_version,
-        "b_requested_at": r.requested_at,
-        "b_source": r.source.value,
-        "b_source_id": r.source_id,
-        "b_details": dict(r.details),
-        "b_now": r.received_at,
-    }
-
-    async def op(conn: AsyncConnection) -> SubmitResult:
-        rows = (await conn.execute(_Q_PG_SUBMIT, params)).all()
-        request = change_record(rows[0])
+    async def op(pg: pgdirect.PgConn) -> SubmitResult:
+        async with pg.cursor() as cur:
+            await cur.execute(_PG_SUBMIT, params)
+            rows = await cur.fetchall()
+        request = change_from_pg(rows[0])
         if request.id != r.id:
             return SubmitResult(request, created=False)
-        await insert_events(conn, events, request.customer, request.id, r.received_at)
-        superseded = tuple(sorted(row.id for row in rows[1:]))
+        await insert_events_pg(pg, events, request.customer, request.id, r.received_at)
+        superseded = tuple(sorted(row[_PG_ID] for row in rows[1:]))
         return SubmitResult(request, created=True, superseded_ids=superseded)
 
     return op
@@ -405,7 +399,6 @@ class Changes:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._submit = _submit_on_sqlite if db.sqlite else _submit_on_postgresql
         self._q_summaries = _Q_DESIRED_SUMMARIES[db.dialect]
 
     async def submit_change(
@@ -455,17 +448,24 @@ class Changes:
             updated_at=now,
             details=dict(details or {}),
         )
-        op = self._submit(request, events)
         held = self._db.held(customer)  # a claim on the customer: through its connection
-        if held is not None:
-            return await held(op)
+        if self._db.sqlite:
+            op = _submit_on_sqlite(request, events)
+            if held is not None:
+                return await held(op)
+        else:
+            pg_op = _submit_on_postgresql(request, events)
+            if held is not None:
+                return await held(pgdirect.as_op(pg_op))
         # With a source id a retry finds the first attempt's row: safe to retry, and on
         # PostgreSQL (without events to insert beside it) one round trip in autocommit.
         idempotent = source_id is not None
         for attempt in range(3):
             try:
-                return await self._db.tx(
-                    op, write=True, idempotent=idempotent, autocommit=idempotent and not events
+                if self._db.sqlite:
+                    return await self._db.tx(op, write=True, idempotent=idempotent)
+                return await self._db.pg_tx(
+                    pg_op, write=True, idempotent=idempotent, autocommit=idempotent and not events
                 )
             except StoreConflictError:
                 # Two replicas inserted the same (source, source_id) or the same new customer at

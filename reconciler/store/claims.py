@@ -19,7 +19,8 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from reconciler.store.changes import desired_record, read_change
+from reconciler.store import pgdirect
+from reconciler.store.changes import desired_of, read_change
 from reconciler.store.customers import (
     Q_CUSTOMER,
     Customers,
@@ -27,8 +28,9 @@ from reconciler.store.customers import (
     due_query,
     ensure_customer,
     set_customer_id,
+    set_customer_id_pg,
 )
-from reconciler.store.database import Database, Op, advisory_key
+from reconciler.store.database import Database, Op, PgOp, advisory_key
 from reconciler.store.errors import StoreUnavailable
 from reconciler.store.rows import aware, read_scalars
 from reconciler.store.schema import change_requests, customers
@@ -69,6 +71,7 @@ def _reschedule() -> sa.Update:
 
 
 _Q_RESCHEDULE = _reschedule()
+_PG_RESCHEDULE = pgdirect.Statement(_Q_RESCHEDULE)
 _claimed_desired = change_requests.alias("claimed_desired")
 #: PostgreSQL: a reconcile's claim, a row lock kept for the pass (None: missing, or held), with
 #: the customer's desired request beside it (``desired_<column>``). Nothing waits (SKIP
@@ -84,6 +87,8 @@ _Q_CLAIM_CUSTOMER = (
     .where(customers.c.customer == sa.bindparam("b_customer"))
     .with_for_update(of=customers, skip_locked=True)
 )
+_PG_CLAIM_CUSTOMER = pgdirect.Statement(_Q_CLAIM_CUSTOMER)
+_CLAIM_VERSION = _PG_CLAIM_CUSTOMER.names.index("version")
 
 
 async def _claim_rows(
@@ -94,6 +99,23 @@ async def _claim_rows(
     if row is None or row.desired_change_id is None:
         return row, None
     return row, await read_change(conn, row.desired_change_id)
+
+
+def _lock_row(customer: str) -> PgOp[list[list[Any]]]:
+    """PostgreSQL: the claim's read (``_Q_CLAIM_CUSTOMER``): one row, or none."""
+
+    async def op(pg: pgdirect.PgConn) -> list[list[Any]]:
+        return await _PG_CLAIM_CUSTOMER.rows(pg, {"b_customer": customer})
+
+    return op
+
+
+def _run_all_pg(ops: list[PgOp[None]]) -> PgOp[None]:
+    async def op(pg: pgdirect.PgConn) -> None:
+        for each in ops:
+            await each(pg)
+
+    return op
 
 
 class Claim:
@@ -124,7 +146,7 @@ class Claim:
         #: The customer's desired request as it was when claimed (``Store.desired_for``).
         self.desired = desired
         # PostgreSQL: the engine steps' customer-row writes, run when the claim ends (``defer``)
-        self._deferred: list[Op[None]] = []
+        self._deferred: list[PgOp[None]] = []
 
     def is_due(self, now: datetime) -> bool:
         """Whether the customer was due at ``now`` when claimed. A name from ``claim_due`` may
@@ -139,24 +161,30 @@ class Claim:
         """
         await self._run(self._reschedule_op(at))
 
+    def _reschedule_params(self, at: datetime | None) -> dict[str, Any]:
+        return {
+            "b_customer": self.customer,
+            "b_version": self._version,
+            "b_at": aware(at, "at") if at is not None else None,
+            "b_now": self._db.clock(),
+        }
+
     def _reschedule_op(self, at: datetime | None) -> Op[None]:
-        at_utc = aware(at, "at") if at is not None else None
-        now = self._db.clock()
+        params = self._reschedule_params(at)
 
         async def op(conn: AsyncConnection) -> None:
-            row = (
-                await conn.execute(
-                    _Q_RESCHEDULE,
-                    {
-                        "b_customer": self.customer,
-                        "b_version": self._version,
-                        "b_at": at_utc,
-                        "b_now": now,
-                    },
-                )
-            ).first()
+            row = (await conn.execute(_Q_RESCHEDULE, params)).first()
             if row is not None:
                 self.next_check_at = row.next_check_at
+
+        return op
+
+    def _reschedule_pg(self, at: datetime | None) -> PgOp[None]:
+        params = self._reschedule_params(at)
+
+        async def op(pg: pgdirect.PgConn) -> None:
+            for (next_check_at,) in await _PG_RESCHEDULE.rows(pg, params):
+                self.next_check_at = next_check_at
 
         return op
 
@@ -176,24 +204,38 @@ class Claim:
     def _step_ops(
         self, customer_id: str | None, reschedule: datetime | Keep | None
     ) -> list[Op[None]]:
-        """An engine step's writes to the customer's row (``Store.commit``)."""
+        """SQLite: an engine step's writes to the customer's row (``Store.commit``), run in
+        the step's transaction."""
         ops: list[Op[None]] = []
-        if customer_id is not None and self.customer_id != customer_id:
+        if self._changes_customer_id(customer_id):
+            assert customer_id is not None
             ops.append(self._customer_id_op(customer_id))
         if not isinstance(reschedule, Keep):
             ops.append(self._reschedule_op(reschedule))
         return ops
 
-    def defer(self, ops: list[Op[None]], customer_id: str | None = None) -> None:
-        """PostgreSQL: run ``ops`` (an engine step's customer-row writes) on the claim's
-        connection right before it commits, in order with each other. They commit with the
-        claim either way (the row lock's transaction), so running them at the end changes
-        nothing anyone can see, and saves each step's savepoint round trips. Nothing reads
-        them back during the pass: the routed submits that may run meanwhile only make the
-        row due earlier, which the reschedule's ``version`` check already allows for."""
-        self._deferred.extend(ops)
-        if customer_id is not None:
+    def _changes_customer_id(self, customer_id: str | None) -> bool:
+        return customer_id is not None and self.customer_id != customer_id
+
+    def defer(self, customer_id: str | None, reschedule: datetime | Keep | None) -> None:
+        """PostgreSQL: an engine step's writes to the customer's row (``Store.commit``), run on
+        the claim's connection right before it commits, in order with each other. They commit
+        with the claim either way (the row lock's transaction), so running them at the end
+        changes nothing anyone can see, and saves each step's savepoint round trips. Nothing
+        reads them back during the pass: the routed submits that may run meanwhile only make
+        the row due earlier, which the reschedule's ``version`` check already allows for."""
+        if self._changes_customer_id(customer_id):
+            assert customer_id is not None
+            now = self._db.clock()
+            name = self.customer
+
+            async def write_id(pg: pgdirect.PgConn) -> None:
+                await set_customer_id_pg(pg, name, customer_id, now)
+
+            self._deferred.append(write_id)
             self.customer_id = customer_id  # written when the claim ends: not again before
+        if not isinstance(reschedule, Keep):
+            self._deferred.append(self._reschedule_pg(reschedule))
 
     async def _flush(self) -> None:
         """Run the deferred writes (``defer``) on the claim's connection."""
@@ -202,8 +244,7 @@ class Claim:
         ops, self._deferred = self._deferred, []
         async with self._lock:
             try:
-                for op in ops:
-                    await op(self._conn)
+                await pgdirect.as_op(_run_all_pg(ops))(self._conn)
             except exc.DBAPIError as e:
                 raise self._db.fault(e, "claim connection lost") from e
 
@@ -361,21 +402,24 @@ class Claims:
             for attempt in (1, 2):
                 try:
                     await conn.begin()
-                    locked = (
-                        await conn.execute(_Q_CLAIM_CUSTOMER, {"b_customer": customer})
-                    ).first()
+                    found = await pgdirect.as_op(_lock_row(customer))(conn)
                 except exc.DBAPIError as e:
                     raise self._db.fault(e, "database unavailable") from e
-                if locked is not None:
+                if found:
                     break
                 await conn.rollback()
                 if attempt == 1:
                     await self._db.tx(ensure, write=True, idempotent=True)
-            if locked is None:
+            if not found:
                 yield None  # another worker holds it
                 return
+            keys, locked = _PG_CLAIM_CUSTOMER.names, found[0]
             claim = Claim(
-                self._db, customer_record(locked), locked.version, conn, desired_record(locked)
+                self._db,
+                customer_record.of(keys, locked),
+                locked[_CLAIM_VERSION],
+                conn,
+                desired_of(keys, locked),
             )
             with self._db.hold(customer, claim._run):
                 try:

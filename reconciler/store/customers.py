@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconciler.store import pgdirect
 from reconciler.store.database import Database
 from reconciler.store.rows import Mapper, aware, read_all, read_one, read_scalars
 from reconciler.store.schema import customers
@@ -51,14 +52,27 @@ _Q_ALIASES = (
 )
 
 
+#: PostgreSQL (``pgdirect``): the same statements on psycopg's connection.
+_PG_SET_CUSTOMER_ID = pgdirect.Statement(_Q_SET_CUSTOMER_ID)
+_PG_ALIASES = pgdirect.Statement(_Q_ALIASES)
+
+
+def _customer_id_params(customer: str, customer_id: str, now: datetime) -> dict[str, Any]:
+    return {"b_customer": customer, "b_customer_id": customer_id, "b_updated_at": now}
+
+
 async def set_customer_id(
     conn: AsyncConnection, customer: str, customer_id: str, now: datetime
 ) -> None:
     """Remember the resolved OpenMeter id of ``customer``, in the caller's transaction."""
-    await conn.execute(
-        _Q_SET_CUSTOMER_ID,
-        {"b_customer": customer, "b_customer_id": customer_id, "b_updated_at": now},
-    )
+    await conn.execute(_Q_SET_CUSTOMER_ID, _customer_id_params(customer, customer_id, now))
+
+
+async def set_customer_id_pg(
+    pg: pgdirect.PgConn, customer: str, customer_id: str, now: datetime
+) -> None:
+    """PostgreSQL: ``set_customer_id`` on psycopg's connection."""
+    await _PG_SET_CUSTOMER_ID.rows(pg, _customer_id_params(customer, customer_id, now))
 
 
 def due_query(now: datetime, limit: int) -> sa.Select[Any]:
@@ -85,9 +99,16 @@ class Customers:
     async def aliases(self, customer_id: str) -> list[CustomerRecord]:
         """Every customer row resolved to this OpenMeter customer id (a portal may address one
         customer by id in one request and by key in another)."""
-        return await read_all(
-            self._db, _Q_ALIASES, customer_record, {"b_customer_id": customer_id}, autocommit=True
-        )
+        params = {"b_customer_id": customer_id}
+        if self._db.sqlite:
+            return await read_all(self._db, _Q_ALIASES, customer_record, params)
+
+        async def op(pg: pgdirect.PgConn) -> list[CustomerRecord]:
+            rows = await _PG_ALIASES.rows(pg, params)
+            return [customer_record.of(_PG_ALIASES.names, r) for r in rows]
+
+        # one statement, atomic on its own: no BEGIN and COMMIT
+        return await self._db.pg_tx(op, write=False, autocommit=True)
 
     async def schedule_customer(self, customer: str, at: datetime) -> None:
         """Make the customer due at ``at`` (or keep an earlier due time already set)."""

@@ -91,6 +91,18 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+async def _autocommit(pg: pgdirect.PgConn, fn: PgOp[T]) -> T:
+    """``fn`` on ``pg`` in autocommit. The connection is idle before and after (the pool
+    rolled it back; autocommit leaves no transaction open), so neither switch sends anything.
+    A broken connection is left as it is: the pool discards it."""
+    await pg.set_autocommit(True)
+    try:
+        return await fn(pg)
+    finally:
+        if not (pg.broken or pg.closed):
+            await pg.set_autocommit(False)
+
+
 def is_transient(err: BaseException, sqlite: bool) -> bool:
     """A fault worth retrying: a lost or refused connection, SQLite's busy/locked."""
     if isinstance(err, exc.DBAPIError):
@@ -288,15 +300,21 @@ class Database:
 
         return await self._retrying(attempt, write=write, idempotent=idempotent)
 
-    async def pg_tx(self, fn: PgOp[T], *, write: bool, idempotent: bool = False) -> T:
+    async def pg_tx(
+        self, fn: PgOp[T], *, write: bool, idempotent: bool = False, autocommit: bool = False
+    ) -> T:
         """PostgreSQL: ``tx`` with ``fn`` given the pooled connection's own psycopg connection
-        (``pgdirect``: the hot writes, without SQLAlchemy's per-statement cost). The same
-        transaction, retry and fault rules as ``tx``."""
+        (``pgdirect``: the hot statements, without SQLAlchemy's per-statement cost). The same
+        transaction, retry and fault rules as ``tx``, ``autocommit`` included: the connection
+        is switched to it for ``fn`` and back before it returns to the pool."""
 
         async def attempt(committing: list[bool]) -> T:
             async with self.pg.connect() as conn:
                 pg = await pgdirect.driver(conn)
                 try:
+                    if autocommit:
+                        committing[0] = True
+                        return await _autocommit(pg, fn)
                     result = await fn(pg)
                     committing[0] = True
                     await pg.commit()

@@ -22,14 +22,15 @@ size, its reset on return and its invalidation after a lost connection stay what
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reconciler.store.schema import UTCDateTime
@@ -37,6 +38,10 @@ from reconciler.store.schema import UTCDateTime
 #: psycopg's connection under a pooled SQLAlchemy one.
 PgConn: TypeAlias = "psycopg.AsyncConnection[Any]"
 _Convert: TypeAlias = Callable[[Any], Any]
+T = TypeVar("T")
+#: The dialect the engine uses on PostgreSQL: ``Statement`` compiles with it, so the SQL sent is
+#: the SQL SQLAlchemy would send.
+_DIALECT: sa.Dialect = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 
 
 async def driver(conn: AsyncConnection) -> PgConn:
@@ -62,6 +67,20 @@ async def as_dbapi_error(conn: AsyncConnection, pg: PgConn, err: psycopg.Error) 
     return wrapped
 
 
+def as_op(fn: Callable[[PgConn], Awaitable[T]]) -> Callable[[AsyncConnection], Awaitable[T]]:
+    """``fn`` as an operation on a SQLAlchemy connection: run on its psycopg connection, in
+    whatever transaction it is in (a claim's savepoint), its faults raised as SQLAlchemy's."""
+
+    async def op(conn: AsyncConnection) -> T:
+        pg = await driver(conn)
+        try:
+            return await fn(pg)
+        except psycopg.Error as e:
+            raise await as_dbapi_error(conn, pg, e) from e
+
+    return op
+
+
 def _json(value: Any) -> Any:
     return Jsonb(value) if value is not None else None
 
@@ -78,12 +97,23 @@ def _utc(value: Any) -> Any:
     return value.astimezone(UTC) if value is not None else None
 
 
-def _bind(column: sa.Column[Any]) -> _Convert | None:
-    if isinstance(column.type, sa.JSON):
+def _bind(type_: sa.types.TypeEngine[Any]) -> _Convert | None:
+    if isinstance(type_, sa.JSON):
         return _json
-    if isinstance(column.type, UTCDateTime):
+    if isinstance(type_, UTCDateTime):
         return _timestamp
     return None
+
+
+def _reads(types: Sequence[sa.types.TypeEngine[Any]]) -> tuple[tuple[int, _Convert], ...]:
+    return tuple((i, _utc) for i, t in enumerate(types) if isinstance(t, UTCDateTime))
+
+
+def _read(reads: tuple[tuple[int, _Convert], ...], row: Sequence[Any]) -> list[Any]:
+    out = list(row)
+    for i, conv in reads:
+        out[i] = conv(out[i])
+    return out
 
 
 class Columns:
@@ -100,10 +130,8 @@ class Columns:
         self.table = table.name
         self.names = tuple(c.name for c in cols)
         self.sql = ", ".join(self.names)
-        self._binds = tuple(_bind(c) for c in cols)
-        self._reads = tuple(
-            (i, _utc) for i, c in enumerate(cols) if isinstance(c.type, UTCDateTime)
-        )
+        self._binds = tuple(_bind(c.type) for c in cols)
+        self._reads = _reads([c.type for c in cols])
 
     def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         """``row``'s values in this order, bound for psycopg."""
@@ -114,10 +142,7 @@ class Columns:
 
     def read(self, row: Sequence[Any]) -> list[Any]:
         """A row selected or returned in this order, its timestamps in UTC."""
-        out = list(row)
-        for i, conv in self._reads:
-            out[i] = conv(out[i])
-        return out
+        return _read(self._reads, row)
 
     def insert(self) -> str:
         """``INSERT`` of one row of these columns (``executemany`` for several)."""
@@ -137,3 +162,44 @@ async def insert_many(
             await cur.execute(sql, cols.values(rows[0]))
         else:
             await cur.executemany(sql, [cols.values(r) for r in rows])
+
+
+class Statement:
+    """A SQLAlchemy Core statement compiled once for psycopg: the statements of the hot paths
+    that are not a plain insert or update of one table (a claim's locking read, its
+    reschedule), sent as SQLAlchemy would send them, without its per-execution cost.
+
+    ``names`` are the columns it returns (selected, or ``RETURNING``), in order. Values are
+    bound by each parameter's type, as in ``Columns``; a statement whose SQL depends on its
+    values (an expanding ``IN``, a post-compiled ``LIMIT``) is refused.
+    """
+
+    def __init__(self, stmt: sa.Select[Any] | sa.UpdateBase) -> None:
+        compiled = stmt.compile(dialect=_DIALECT)
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError("a statement rendered per execution cannot be compiled once")
+        self.sql = compiled.string
+        self._defaults = dict(compiled.params)  # anonymous parameters keep their values
+        self._binds = tuple(
+            (name, conv)
+            for name, bind in compiled.binds.items()
+            if (conv := _bind(bind.type)) is not None
+        )
+        columns = list(stmt.exported_columns)
+        self.names = tuple(c.name for c in columns)
+        self._reads = _reads([c.type for c in columns])
+
+    def params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The statement's parameters from ``values`` (by name), bound for psycopg."""
+        out = {**self._defaults, **values}
+        for name, conv in self._binds:
+            out[name] = conv(out[name])
+        return out
+
+    async def rows(self, pg: PgConn, values: Mapping[str, Any]) -> list[list[Any]]:
+        """Run it in the connection's transaction: the rows it returns (timestamps in UTC),
+        in ``names``' order; none for a statement that returns none."""
+        async with pg.cursor() as cur:
+            await cur.execute(self.sql, self.params(values))
+            found = await cur.fetchall() if cur.description is not None else []
+        return [_read(self._reads, r) for r in found]

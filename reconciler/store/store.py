@@ -158,8 +158,8 @@ class Store:
         """
         values = self._changes.values(fields, None) if fields else None
         rows = audit_rows(audit)
-        claim_ops = claim._step_ops(customer_id, reschedule) if claim is not None else []
         inline = claim is not None and claim._conn is None
+        claim_ops = claim._step_ops(customer_id, reschedule) if claim is not None and inline else []
 
         async def op(conn: AsyncConnection) -> ChangeRecord | None:
             record = None
@@ -191,8 +191,8 @@ class Store:
         elif values is not None or events or rows:
             assert not inline  # a PostgreSQL claim always holds its connection
             record = await self.db.pg_tx(pg_op, write=True)
-        if claim is not None and not inline and claim_ops:
-            claim.defer(claim_ops, customer_id)  # run on the claim's connection when it ends
+        if claim is not None and not inline:
+            claim.defer(customer_id, reschedule)  # run on the claim's connection when it ends
         return record
 
 

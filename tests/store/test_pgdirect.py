@@ -22,7 +22,7 @@ from reconciler.store import NewEvent, Store, StoreUnavailable
 from reconciler.store.errors import StoreConflictError
 from reconciler.store.schema import audit_log
 from reconciler.store.types import AuditEntry, AuditKind, ChangeRecord, ChangeStatus
-from tests.pg import Statements
+from tests.pg import PG_ADMIN_DSN, Statements
 
 from .conftest import T0, Clock
 
@@ -142,7 +142,7 @@ async def test_an_answer_lost_before_commit_is_retried_and_stored_once(
 ) -> None:
     change = await _change(store)
     log = Statements(monkeypatch)
-    log.lose_prefix, log.lose_answers = "UPDATE change_requests", 1
+    log.lose_matching, log.lose_answers = "UPDATE change_requests", 1
     stored = await store.commit(change.id, fields={"status": "applied"}, audit=_audit(change, 5))
     assert stored is not None and stored.status is ChangeStatus.APPLIED
     # the first attempt's update ran and was rolled back with it; the second one stored all
@@ -208,3 +208,80 @@ async def test_a_commit_sends_its_statements_and_no_savepoint(
     ]
     assert not any(auto for _, auto in log.seen)
     assert await _audit_count(store, change.id) == 6
+
+
+def test_a_statement_is_sqlalchemys_sql_and_refuses_sql_rendered_per_call() -> None:
+    from sqlalchemy.dialects.postgresql import psycopg as dialect
+
+    from reconciler.store.pgdirect import Statement
+    from reconciler.store.schema import customers
+
+    q = sa.select(customers.c.customer, customers.c.next_check_at.label("due")).where(
+        customers.c.customer == sa.bindparam("b_customer"), customers.c.version > 3
+    )
+    stmt = Statement(q)
+    assert stmt.sql == str(q.compile(dialect=dialect.dialect()))
+    assert stmt.names == ("customer", "due")
+    # an anonymous parameter keeps its value; a timestamp parameter refuses a naive value
+    assert stmt.params({"b_customer": "acme"}) == {"b_customer": "acme", "version_1": 3}
+    upd = customers.update().values(next_check_at=sa.bindparam("b_at")).returning(customers)
+    assert Statement(upd).names == tuple(c.name for c in customers.c)
+    with pytest.raises(ValueError, match="naive datetime"):
+        Statement(upd).params({"b_at": T0.replace(tzinfo=None)})
+    with pytest.raises(ValueError, match="compiled once"):
+        Statement(sa.select(customers).where(customers.c.customer.in_(["a", "b"])))
+
+
+async def test_a_claim_sends_its_read_and_writes_below_sqlalchemy(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim's locking read, the step's two deferred customer-row writes and the COMMIT:
+    no savepoint, and the rows as SQLAlchemy reads them (timestamps in UTC)."""
+    change = await _change(store)
+    due = (T0 + 24 * H).astimezone(CET)
+    as_stored = await store.get_change(change.id)
+    log = Statements(monkeypatch)
+    async with store.claim("acme") as claim:
+        assert claim is not None
+        assert claim.desired == as_stored and as_stored is not None
+        assert claim.next_check_at == T0 and claim.next_check_at.tzinfo is UTC
+        await store.commit(
+            change.id,
+            fields={"status": "converged"},
+            claim=claim,
+            customer_id="01JQ8Z6V2X3Y4Z5A6B7C8D9CST",
+            reschedule=due,
+        )
+    verbs = [s.split()[0] for s in log.statements]
+    assert verbs == ["SELECT", "UPDATE", "UPDATE", "UPDATE"], log.seen
+    assert "FOR UPDATE OF customers SKIP LOCKED" in log.statements[0]
+    assert claim.next_check_at == due and claim.next_check_at.tzinfo is UTC
+    row = await store.get_customer("acme")
+    assert row is not None
+    assert (row.customer_id, row.next_check_at) == ("01JQ8Z6V2X3Y4Z5A6B7C8D9CST", due)
+    aliases = await store.aliases("01JQ8Z6V2X3Y4Z5A6B7C8D9CST")
+    assert aliases == [row] and aliases[0].next_check_at.tzinfo is UTC
+    assert log.seen[-1][1] is True  # the alias lookup: one statement in autocommit
+
+
+async def test_a_lost_claim_connection_at_the_deferred_writes_is_unavailable(
+    store: Store,
+) -> None:
+    """The claim's connection dies mid-pass: its deferred writes fail as a store fault (the
+    worker re-plans), nothing of them is stored, and the pool carries on."""
+    change = await _change(store)
+
+    async def doomed_pass() -> None:
+        async with store.claim("acme") as claim:
+            assert claim is not None and claim._conn is not None
+            await store.commit(change.id, fields={"attempts": 1}, claim=claim, reschedule=T0 + H)
+            backend = (await claim._conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+            with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))  # "crash"
+
+    with pytest.raises(StoreUnavailable, match="claim connection lost"):
+        await doomed_pass()
+    row = await store.get_customer("acme")
+    assert row is not None and row.next_check_at == T0  # the reschedule went with the claim
+    stored = await store.get_change(change.id)
+    assert stored is not None and stored.attempts == 1  # the step's own commit stands
