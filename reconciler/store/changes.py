@@ -10,7 +10,7 @@ below, four statements in one transaction. The store tests run every rule on bot
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from reconciler.domain.model import Direction, Timing
 from reconciler.store import pgdirect
 from reconciler.store.customers import ensure_customer, set_customer_id
-from reconciler.store.database import Database, Op
+from reconciler.store.database import Database, Op, PgOp
 from reconciler.store.errors import ChangeNotFoundError, StaleChangeError, StoreConflictError
 from reconciler.store.ids import new_ulid
 from reconciler.store.outbox import insert_events, insert_events_pg
@@ -178,9 +178,7 @@ _PG_SUBMIT = (
 _PG_ID = _PG_CHANGE.names.index("id")
 
 
-def _submit_on_postgresql(
-    r: ChangeRecord, events: Sequence[NewEvent]
-) -> Callable[[pgdirect.PgConn], Awaitable[SubmitResult]]:
+def _submit_on_postgresql(r: ChangeRecord, events: Sequence[NewEvent]) -> PgOp[SubmitResult]:
     """PostgreSQL: one call of ``reconciler_submit_change``, then the events."""
     params = (
         r.id,

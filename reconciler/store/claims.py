@@ -201,6 +201,14 @@ class Claim:
 
         return op
 
+    def _customer_id_pg(self, customer_id: str) -> PgOp[None]:
+        now, customer = self._db.clock(), self.customer
+
+        async def op(pg: pgdirect.PgConn) -> None:
+            await set_customer_id_pg(pg, customer, customer_id, now)
+
+        return op
+
     def _step_ops(
         self, customer_id: str | None, reschedule: datetime | Keep | None
     ) -> list[Op[None]]:
@@ -226,13 +234,7 @@ class Claim:
         the row due earlier, which the reschedule's ``version`` check already allows for."""
         if self._changes_customer_id(customer_id):
             assert customer_id is not None
-            now = self._db.clock()
-            name = self.customer
-
-            async def write_id(pg: pgdirect.PgConn) -> None:
-                await set_customer_id_pg(pg, name, customer_id, now)
-
-            self._deferred.append(write_id)
+            self._deferred.append(self._customer_id_pg(customer_id))
             self.customer_id = customer_id  # written when the claim ends: not again before
         if not isinstance(reschedule, Keep):
             self._deferred.append(self._reschedule_pg(reschedule))

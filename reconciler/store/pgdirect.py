@@ -1,15 +1,17 @@
-"""PostgreSQL: the hot writes on the pooled connection's own psycopg connection.
+"""PostgreSQL: the hot statements on the pooled connection's own psycopg connection.
 
 An engine step's commit through SQLAlchemy's async engine costs about 0.6–0.75 ms more CPU than
 the same statements sent on the psycopg connection underneath: per statement, the greenlet
 bridge, an execution context, the result's set-up and the type processing of every value
-(docs/BENCHMARKS.md §6–8, twelfth session). The writes an upgrade makes several times — a
-step's commit, an audit append — are sent here instead (``Database.pg_tx``). Nothing else
+(docs/BENCHMARKS.md §6–8, twelfth session). The statements of every upgrade and webhook — a
+step's commit, an audit append, the submit, the claim, the alias lookup — are sent here
+instead (``Database.pg_tx``). Nothing else
 changes: the connection is checked out of SQLAlchemy's pool and returned to it, so the pool's
 size, its reset on return and its invalidation after a lost connection stay what they are.
 
-- **Statements** are built from the table definitions (``schema.py``) once per shape, so a
-  column added there is in them too. psycopg prepares a statement server-side on its fifth use.
+- **Statements** are built from the table definitions (``schema.py``) once per shape
+  (``Columns``), or compiled once from SQLAlchemy Core (``Statement``), so a column added
+  there is in them too. psycopg prepares a statement server-side on its fifth use.
 - **Values** are bound as SQLAlchemy's psycopg dialect binds them: JSON columns as ``Jsonb``
   (``None`` as SQL NULL, ``none_as_null``), timestamps aware (a naive one is refused, as
   ``UTCDateTime`` refuses it). Rows come back with their timestamps in UTC, as through
