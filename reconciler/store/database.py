@@ -29,7 +29,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from reconciler.store import pgdirect, sqlite
+from reconciler.store import pgdirect, pgpool, sqlite
 from reconciler.store.errors import (
     StoreConflictError,
     StoreError,
@@ -123,6 +123,30 @@ def translate(err: exc.DBAPIError) -> StoreError:
     return StoreError(f"database error: {err.orig}")
 
 
+def _direct_pool(engine: AsyncEngine, size: int) -> pgpool.Pool:
+    """``pg_tx``'s pool: connections made as the engine makes its own (the URL's parameters,
+    the dialect's type adapters), and the checkout timeout of SQLAlchemy's pool (30 s)."""
+    args, params = engine.dialect.create_connect_args(engine.url)
+
+    async def connect() -> pgdirect.PgConn:
+        return await psycopg.AsyncConnection.connect(*args, **params)
+
+    return pgpool.Pool(connect, max_size=size, timeout=30.0)
+
+
+def _direct_error(
+    pool: pgpool.Pool, pg: pgdirect.PgConn | None, err: psycopg.Error
+) -> exc.DBAPIError:
+    """A fault of ``pg_tx``'s as SQLAlchemy would have raised it; a lost (or never made)
+    connection discards the pool's older ones, as SQLAlchemy's pool does after a disconnect."""
+    lost = pg is None or pg.broken or pg.closed
+    if lost or isinstance(err, psycopg.OperationalError):
+        pool.invalidate()
+    wrapped = exc.DBAPIError.instance(None, None, err, psycopg.Error, connection_invalidated=lost)
+    assert isinstance(wrapped, exc.DBAPIError)
+    return wrapped
+
+
 class Database:
     """Transactions over SQLite or PostgreSQL. Create with ``await Database.open(url, ...)``."""
 
@@ -136,9 +160,12 @@ class Database:
         retries: int,
         lock_fd: int | None = None,
         read_only: bool = False,
+        pool_size: int = 10,
     ) -> None:
         self._async = engine if isinstance(engine, AsyncEngine) else None
         self._autocommit: AsyncEngine | None = None  # PostgreSQL, made on first use
+        #: PostgreSQL: the hot transactions' own psycopg connections (``pg_tx``)
+        self._direct = _direct_pool(engine, pool_size) if isinstance(engine, AsyncEngine) else None
         self._thread = engine if isinstance(engine, sqlite.SqliteThread) else None
         #: The dialect, the one question the repositories ask where their SQL differs.
         self.sqlite = self._thread is not None
@@ -171,13 +198,18 @@ class Database:
             # No pre-ping: it costs a round trip per transaction. A dead pooled connection
             # fails its first statement, which is retried (nothing was committed), and
             # SQLAlchemy then recycles every connection older than the failure.
+            pool_size = options.get("pool_size", 10)
             engine = create_async_engine(
-                u,
-                pool_size=options.get("pool_size", 10),
-                max_overflow=options.get("max_overflow", 20),
+                u, pool_size=pool_size, max_overflow=options.get("max_overflow", 20)
             )
             return cls(
-                engine, u, instance_id=instance, clock=clock, retries=retries, read_only=read_only
+                engine,
+                u,
+                instance_id=instance,
+                clock=clock,
+                retries=retries,
+                read_only=read_only,
+                pool_size=pool_size,
             )
         path = sqlite_path(u)
         read_only = read_only and path is not None  # an in-memory database is always writable
@@ -216,6 +248,8 @@ class Database:
         self._closed = True
         for callback in self._on_close:
             await callback()
+        if self._direct is not None:
+            await self._direct.close()
         if self._async is not None:
             await self._async.dispose()
         if self._thread is not None:
@@ -303,24 +337,31 @@ class Database:
     async def pg_tx(
         self, fn: PgOp[T], *, write: bool, idempotent: bool = False, autocommit: bool = False
     ) -> T:
-        """PostgreSQL: ``tx`` with ``fn`` given the pooled connection's own psycopg connection
-        (``pgdirect``: the hot statements, without SQLAlchemy's per-statement cost). The same
-        transaction, retry and fault rules as ``tx``, ``autocommit`` included: the connection
-        is switched to it for ``fn`` and back before it returns to the pool."""
+        """PostgreSQL: ``tx`` with ``fn`` given a psycopg connection of the store's own pool
+        (``pgpool``; ``pgdirect``'s statements, without SQLAlchemy's per-statement and
+        per-checkout cost). The same transaction, retry and fault rules as ``tx``,
+        ``autocommit`` included: the connection is switched to it for ``fn`` and back before
+        it returns to the pool."""
+        assert self._direct is not None, "PostgreSQL only"
+        pool = self._direct
 
         async def attempt(committing: list[bool]) -> T:
-            async with self.pg.connect() as conn:
-                pg = await pgdirect.driver(conn)
-                try:
-                    if autocommit:
+            try:
+                async with pool.connection() as pg:
+                    try:
+                        if autocommit:
+                            committing[0] = True
+                            return await _autocommit(pg, fn)
+                        result = await fn(pg)
                         committing[0] = True
-                        return await _autocommit(pg, fn)
-                    result = await fn(pg)
-                    committing[0] = True
-                    await pg.commit()
-                except psycopg.Error as e:
-                    raise await pgdirect.as_dbapi_error(conn, pg, e) from e
-                # any other exception: the pool's reset on return rolls the transaction back
+                        await pg.commit()
+                    except psycopg.Error as e:
+                        raise _direct_error(pool, pg, e) from e
+                    # any other exception: the pool's return rolls the transaction back
+            except pgpool.PoolClosed as e:
+                raise StoreError("store is closed") from e
+            except psycopg.Error as e:  # opening a connection
+                raise _direct_error(pool, None, e) from e
             return result
 
         return await self._retrying(attempt, write=write, idempotent=idempotent)

@@ -1,13 +1,12 @@
-"""PostgreSQL: the hot statements on the pooled connection's own psycopg connection.
+"""PostgreSQL: the hot statements on psycopg's own connections, below SQLAlchemy.
 
 An engine step's commit through SQLAlchemy's async engine costs about 0.6–0.75 ms more CPU than
 the same statements sent on the psycopg connection underneath: per statement, the greenlet
 bridge, an execution context, the result's set-up and the type processing of every value
 (docs/BENCHMARKS.md §6–8, twelfth session). The statements of every upgrade and webhook — a
 step's commit, an audit append, the submit, the claim, the alias lookup — are sent here
-instead (``Database.pg_tx``). Nothing else
-changes: the connection is checked out of SQLAlchemy's pool and returned to it, so the pool's
-size, its reset on return and its invalidation after a lost connection stay what they are.
+instead: on a connection of the store's own pool (``Database.pg_tx``, ``pgpool``), or, inside
+a claim's transaction, on the psycopg connection under the claim's SQLAlchemy one (``as_op``).
 
 - **Statements** are built from the table definitions (``schema.py``) once per shape
   (``Columns``), or compiled once from SQLAlchemy Core (``Statement``), so a column added
@@ -18,8 +17,9 @@ size, its reset on return and its invalidation after a lost connection stay what
   ``UTCDateTime``.
 - **Faults** are raised as SQLAlchemy's ``DBAPIError`` classes (``as_dbapi_error``), so the
   retry, the ambiguity of a fault while committing and the translation to store errors are
-  ``Database.tx``'s own. A lost connection is first shown to SQLAlchemy, which then discards it
-  and every pooled connection older than the failure, as it does for its own statements.
+  ``Database.tx``'s own. A lost connection under SQLAlchemy is first shown to it, which then
+  discards it and every pooled connection older than the failure, as it does for its own
+  statements; ``pgpool`` does the same for its connections.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ from sqlalchemy import exc
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from reconciler.store.pgpool import PgConn as PgConn
 from reconciler.store.schema import UTCDateTime
 
-#: psycopg's connection under a pooled SQLAlchemy one.
-PgConn: TypeAlias = "psycopg.AsyncConnection[Any]"
 _Convert: TypeAlias = Callable[[Any], Any]
 T = TypeVar("T")
 #: The dialect the engine uses on PostgreSQL: ``Statement`` compiles with it, so the SQL sent is
