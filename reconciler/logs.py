@@ -6,6 +6,7 @@ logged while a change is worked on carries them without being passed around.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Iterator, MutableMapping
@@ -18,9 +19,16 @@ _SECRET_KEYS = ("token", "secret", "password", "authorization", "signature", "da
 _configured = False
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret(key: str) -> bool:
+    """Whether a log field of this name is redacted (remembered: a line's few names recur)."""
+    lowered = key.lower()
+    return any(s in lowered for s in _SECRET_KEYS)
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
-        if any(s in key.lower() for s in _SECRET_KEYS):
+    for key in event:  # values replaced, no key added or removed: iterating is safe
+        if _secret(key):
             event[key] = "***"
     return event
 

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from reconciler.domain.timefmt import iso_z
 from reconciler.engine.clock import Clock
-from reconciler.logs import bound, get_logger
+from reconciler.logs import get_logger
 from reconciler.store import Store
 from reconciler.store.types import ChangeRecord, ChangeSource, ChangeStatus, SubmitResult
 
@@ -84,16 +84,18 @@ async def submit(
         if not request.matches(change):
             raise IdempotencyConflict(source, source_id, change)
         return result
-    with bound(customer=change.customer, change=change.id):
-        log.info(
-            "change_request_stored",
-            source=source.value,
-            plan=change.plan_key,
-            plan_version=change.plan_version,
-            requested_at=iso_z(change.requested_at),
-            status=change.status.value,
-            superseded=list(result.superseded_ids),
-        )
+    # the ids as fields, not bound: this is the block's only line
+    log.info(
+        "change_request_stored",
+        customer=change.customer,
+        change=change.id,
+        source=source.value,
+        plan=change.plan_key,
+        plan_version=change.plan_version,
+        requested_at=iso_z(change.requested_at),
+        status=change.status.value,
+        superseded=list(result.superseded_ids),
+    )
     if wake is not None and change.status is not ChangeStatus.SUPERSEDED:
         wake(change.customer)
     return result

@@ -1,4 +1,5 @@
-"""Log lines stay whole when two threads log at once (one ``write`` per line)."""
+"""Log lines stay whole when two threads log at once (one ``write`` per line); fields named like
+secrets are redacted, whether passed to the call or bound to the context."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from reconciler.logs import configure_logging, get_logger
+from reconciler.logs import bound, configure_logging, get_logger
 
 
 class Recorder:
@@ -62,3 +63,36 @@ def test_each_line_is_one_write_from_structlog_and_from_the_stdlib(
         json.loads(text)
     events = [json.loads(text)["event"] for text in stderr.writes]
     assert events.count("sweep_finished") == 200
+
+
+def test_fields_named_like_secrets_are_redacted_wherever_they_come_from(
+    configured: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = Recorder()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    configure_logging("INFO", "json", force=True)
+    log = get_logger("reconciler.test")
+    for _ in range(2):  # the second time from the remembered decisions
+        with bound(customer="acme", webhook_signature="v1,abc"):
+            log.info(
+                "call",
+                Authorization="Bearer t0k",
+                api_token="t0k",
+                DATABASE_URL="postgresql://u:pw@db/x",
+                admin_password="pw",
+                plan="starter",
+                tokens_used=3,
+            )
+    lines = [json.loads(text) for text in stderr.writes]
+    assert len(lines) == 2
+    for line in lines:
+        assert {k: line[k] for k in line if k not in ("timestamp", "level", "event")} == {
+            "customer": "acme",
+            "webhook_signature": "***",
+            "Authorization": "***",
+            "api_token": "***",
+            "DATABASE_URL": "***",
+            "admin_password": "***",
+            "plan": "starter",
+            "tokens_used": "***",  # named like a token: redacted too, by design
+        }
