@@ -61,6 +61,8 @@ class Pool:
         self._idle: deque[PgConn] = deque()
         #: when each open connection (idle or checked out) was opened, by ``id``
         self._born: dict[int, float] = {}
+        #: connections being opened (their slots taken)
+        self._opening = 0
         #: connections opened before this instant are discarded (``invalidate``)
         self._invalid_before = float("-inf")
         #: callers waiting for a connection: given one, or ``None`` (a slot came free)
@@ -69,8 +71,8 @@ class Pool:
 
     @property
     def size(self) -> int:
-        """Open connections, idle or checked out."""
-        return len(self._born)
+        """Open connections, idle or checked out, and those being opened."""
+        return len(self._born) + self._opening
 
     @property
     def idle(self) -> int:
@@ -122,15 +124,14 @@ class Pool:
             # a slot came free: open one (unless another caller took it meanwhile)
 
     async def _open(self) -> PgConn:
-        key = object()  # holds the slot while connecting
-        self._born[id(key)] = time.monotonic()
+        self._opening += 1
         try:
             pg = await self._connect()
         except BaseException:
-            del self._born[id(key)]
-            self._wake_one(None)
+            self._wake_one(None)  # the slot is free again
             raise
-        del self._born[id(key)]
+        finally:
+            self._opening -= 1
         self._born[id(pg)] = time.monotonic()
         return pg
 
