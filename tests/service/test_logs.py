@@ -39,13 +39,19 @@ def configured() -> Iterator[None]:
     configure_logging("INFO", "auto", force=True)
 
 
-def test_each_line_is_one_write_from_structlog_and_from_the_stdlib(
-    configured: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # set here, not in a fixture: pytest's capture swaps sys.stderr back between phases
+def _json_lines_to_recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    """JSON logging to a ``Recorder`` as stderr. Called in the test, not a fixture: pytest's
+    capture swaps ``sys.stderr`` back between phases."""
     stderr = Recorder()
     monkeypatch.setattr(sys, "stderr", stderr)
     configure_logging("INFO", "json", force=True)
+    return stderr
+
+
+def test_each_line_is_one_write_from_structlog_and_from_the_stdlib(
+    configured: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = _json_lines_to_recorder(monkeypatch)
 
     def other_thread() -> None:
         for i in range(200):
@@ -68,9 +74,7 @@ def test_each_line_is_one_write_from_structlog_and_from_the_stdlib(
 def test_fields_named_like_secrets_are_redacted_wherever_they_come_from(
     configured: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stderr = Recorder()
-    monkeypatch.setattr(sys, "stderr", stderr)
-    configure_logging("INFO", "json", force=True)
+    stderr = _json_lines_to_recorder(monkeypatch)
     log = get_logger("reconciler.test")
     for _ in range(2):  # the second time from the remembered decisions
         with bound(customer="acme", webhook_signature="v1,abc"):
