@@ -17,14 +17,14 @@ the time of the request, ``openmeter/subscription/timing.go``). Pure: time is an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
 from reconciler.domain.model import ObservedSubscription
-from reconciler.domain.periods import parse_duration, period_at
+from reconciler.domain.periods import boundaries_after, parse_duration, period_at
 from reconciler.domain.pricing.proration import (
     ProRatingConfig,
     prorated_flat_amount,
@@ -139,23 +139,30 @@ def _suppression(
     return Suppression(v.key, boundary, service, without, with_change)
 
 
-def _candidates(sub: ObservedSubscription, first: datetime) -> list[datetime]:
+def _candidates(sub: ObservedSubscription, first: datetime) -> Iterator[datetime]:
     """``first``, then every later time a change could take effect at: the billing boundaries
-    and phase starts after it, up to the subscription's end."""
+    and phase starts after it, up to the subscription's end, at most ``MAX_CANDIDATES``.
+
+    Lazy: the caller stops at the first safe one, nearly always the first or the second, so an
+    open-ended subscription does not pay for the 800 it could look at.
+    """
     cadence = parse_duration(sub.billing_cadence)
-    phase_starts = sorted(p.active_from for p in sub.phases if p.active_from > first)
-    out = [first]
+    phase_starts = iter(sorted(p.active_from for p in sub.phases if p.active_from > first))
+    phase = next(phase_starts, None)
+    bounds = boundaries_after(sub.billing_anchor, cadence, first)
+    bound = next(bounds)  # always the first billing boundary after the last candidate
     cur = first
-    while len(out) < MAX_CANDIDATES:
-        nxt = period_at(sub.billing_anchor, cadence, cur).end
-        later = [s for s in phase_starts if s > cur]
-        if later and later[0] < nxt:
-            nxt = later[0]
-        if sub.active_to is not None and nxt > sub.active_to:
-            break
-        out.append(nxt)
-        cur = nxt
-    return out
+    yield cur
+    for _ in range(MAX_CANDIDATES - 1):
+        if phase is not None and phase < bound:
+            cur = phase
+        else:
+            cur, bound = bound, next(bounds)
+        while phase is not None and phase <= cur:  # each time once, boundary or phase start
+            phase = next(phase_starts, None)
+        if sub.active_to is not None and cur > sub.active_to:
+            return
+        yield cur
 
 
 def _at(dt: datetime) -> str:
@@ -188,15 +195,18 @@ def plan_record_convergence(
     if not flats:
         return Convergence(first, None, False, "at the next boundary: no flat fee is affected")
     config = ProRatingConfig(enabled=True)
-    candidates = _candidates(sub, first)
     first_hits: tuple[Suppression, ...] = ()
-    for i, boundary in enumerate(candidates):
+    previous = first
+    looked = 0
+    for i, boundary in enumerate(_candidates(sub, first)):
+        looked = i + 1
         hits = tuple(
             s for v, a in flats if (s := _suppression(v, a, sub, config, boundary)) is not None
         )
         if i == 0:
             first_hits = hits
         if hits:
+            previous = boundary
             continue
         if i == 0:
             return Convergence(
@@ -209,10 +219,10 @@ def plan_record_convergence(
         items = ", ".join(dict.fromkeys(s.item for s in first_hits))
         return Convergence(
             boundary,
-            candidates[i - 1],
+            previous,
             True,
             f"deferred: scheduling at {_at(first)} would stop OpenMeter prorating {items}; "
-            f"the change is scheduled at {_at(candidates[i - 1])} to converge at "
+            f"the change is scheduled at {_at(previous)} to converge at "
             f"{_at(boundary)}",
             first_hits,
         )
@@ -221,7 +231,7 @@ def plan_record_convergence(
         first,
         None,
         False,
-        f"at the next boundary: no boundary within {len(candidates)} periods keeps "
+        f"at the next boundary: no boundary within {looked} periods keeps "
         f"OpenMeter prorating {items}",
         first_hits,
     )

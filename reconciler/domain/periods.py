@@ -42,6 +42,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -53,6 +54,7 @@ __all__ = [
     "add",
     "add_duration",
     "aligned_billing_period",
+    "boundaries_after",
     "boundary",
     "entitlement_usage_period_at",
     "next_billing_cycle",
@@ -350,6 +352,16 @@ def period_at(anchor: datetime, d: Duration, t: datetime) -> Period:
     """
     k = _index_at(anchor, d, t)
     return Period(add_duration(anchor, d, k), add_duration(anchor, d, k + 1))
+
+
+def boundaries_after(anchor: datetime, d: Duration, t: datetime) -> Iterator[datetime]:
+    """The boundaries strictly after ``t``, in order, without end: ``B(k+1), B(k+2), …`` for
+    the period ``[B(k), B(k+1))`` containing ``t``. Each is ``anchor + n·d`` as in
+    :func:`period_at`, one addition per boundary."""
+    k = _index_at(anchor, d, t)
+    while True:
+        k += 1
+        yield add_duration(anchor, d, k)
 
 
 def next_boundary(anchor: datetime, d: Duration, t: datetime) -> datetime:

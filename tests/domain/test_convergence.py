@@ -4,14 +4,25 @@ whose service period ends there."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.domain.convergence import PlanRecordMode, plan_record_convergence
-from reconciler.domain.model import ObservedSubscription, PlanRef, SubscriptionStatus
+from reconciler.domain.convergence import (
+    MAX_CANDIDATES,
+    PlanRecordMode,
+    _candidates,  # the candidate walk, checked against its definition
+    plan_record_convergence,
+)
+from reconciler.domain.model import (
+    ObservedPhase,
+    ObservedSubscription,
+    PlanRef,
+    SubscriptionStatus,
+)
 from reconciler.domain.periods import parse_duration, period_at
 from reconciler.domain.pricing.quote import ItemVersion
 
@@ -164,3 +175,66 @@ def test_the_chosen_boundary_is_reached_by_next_billing_cycle_from_schedule_at(
     assert c.at == period_at(anchor, d, period.end).end
     [hit] = c.suppressed
     assert hit.prorated < hit.billed and edit > period.start
+
+
+def _candidates_by_definition(s: ObservedSubscription, first: datetime) -> list[datetime]:
+    """``first``, then repeatedly the earliest of the next billing boundary and the next phase
+    start, until the subscription's end or ``MAX_CANDIDATES``."""
+    d = parse_duration(s.billing_cadence)
+    starts = sorted(p.active_from for p in s.phases if p.active_from > first)
+    out = [first]
+    while len(out) < MAX_CANDIDATES:
+        nxt = min(
+            [period_at(s.billing_anchor, d, out[-1]).end] + [x for x in starts if x > out[-1]]
+        )
+        if s.active_to is not None and nxt > s.active_to:
+            break
+        out.append(nxt)
+    return out
+
+
+def _phase(start: datetime) -> ObservedPhase:
+    return ObservedPhase("p", "P", start, None, (), {})
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    anchor=anchors,
+    cadence=st.sampled_from(["P1M", "P1W", "P1D", "P1Y"]),
+    after=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=60)),
+    phase_days=st.lists(st.integers(min_value=-30, max_value=400), max_size=4),
+    on_a_boundary=st.booleans(),
+    ends_after_days=st.none() | st.integers(min_value=0, max_value=900),
+)
+def test_the_candidate_walk_is_its_definition(
+    anchor: datetime,
+    cadence: str,
+    after: timedelta,
+    phase_days: list[int],
+    on_a_boundary: bool,
+    ends_after_days: int | None,
+) -> None:
+    """Billing boundaries and phase starts in order, each once (a phase may start on a
+    boundary, two phases at one time), cut at ``activeTo``, at most ``MAX_CANDIDATES``."""
+    d = parse_duration(cadence)
+    first = period_at(anchor, d, anchor + after).end
+    starts = [first + timedelta(days=n) for n in phase_days]
+    if on_a_boundary:
+        starts.append(period_at(anchor, d, first).end)
+    s = dataclasses.replace(
+        sub(anchor, cadence=cadence),
+        phases=tuple(_phase(x) for x in starts + starts[:1]),
+        active_to=None if ends_after_days is None else first + timedelta(days=ends_after_days),
+    )
+    assert list(_candidates(s, first)) == _candidates_by_definition(s, first)
+
+
+def test_an_open_ended_subscription_converging_nowhere_says_how_far_it_looked() -> None:
+    """A yearly fee started mid-year on a daily subscription that ends within a year: every
+    candidate would stop the proration, so the record stays at the next boundary."""
+    jan1 = datetime(2027, 1, 1, tzinfo=UTC)
+    s = dataclasses.replace(sub(jan1, cadence="P1D"), active_to=datetime(2027, 6, 1, tzinfo=UTC))
+    versions = [fee("support", "1200", APR16, cadence="P1Y")]
+    c = plan_record_convergence(s, versions, first=datetime(2027, 4, 17, tzinfo=UTC), mode=SAFE)
+    assert (c.at, c.deferred) == (datetime(2027, 4, 17, tzinfo=UTC), False)
+    assert c.reason.startswith("at the next boundary: no boundary within 46 periods keeps")

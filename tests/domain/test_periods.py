@@ -14,6 +14,7 @@ from reconciler.domain.periods import (
     Period,
     add_duration,
     aligned_billing_period,
+    boundaries_after,
     boundary,
     entitlement_usage_period_at,
     next_billing_cycle,
@@ -197,6 +198,33 @@ def test_t_exactly_on_a_boundary_starts_the_period() -> None:
     assert period_at(a, P1M, just_before).end == b
     assert next_boundary(a, P1M, b) == utc(2026, 4, 10, 8, 30, 45, 123456)
     assert period_at(a, P1M, a) == Period(a, utc(2026, 2, 10, 8, 30, 45, 123456))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    anchor=st.datetimes(
+        min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)
+    ),
+    later=st.timedeltas(min_value=timedelta(days=-800), max_value=timedelta(days=800)),
+    cadence=st.sampled_from(["P1M", "P3M", "P1Y", "P1W", "P1D", "PT1H", "P1M2DT3H"]),
+)
+def test_boundaries_after_walks_the_periods_one_by_one(
+    anchor: datetime, later: timedelta, cadence: str
+) -> None:
+    """Each boundary is the end of the period that starts at the one before it, the first
+    being the end of the period containing ``t``, on or off a boundary."""
+    d = parse_duration(cadence)
+    t = anchor + later
+    walked = boundaries_after(anchor, d, t)
+    expected = period_at(anchor, d, t).end
+    for _ in range(30):
+        got = next(walked)
+        assert got == expected and got > t
+        expected = period_at(anchor, d, got).end
+    on_a_boundary = next(boundaries_after(anchor, d, t))
+    assert (
+        next(boundaries_after(anchor, d, on_a_boundary)) == period_at(anchor, d, on_a_boundary).end
+    )
 
 
 def test_anchor_in_the_future() -> None:
