@@ -229,7 +229,7 @@ def test_the_candidate_walk_is_its_definition(
     assert list(_candidates(s, first)) == _candidates_by_definition(s, first)
 
 
-def test_an_open_ended_subscription_converging_nowhere_says_how_far_it_looked() -> None:
+def test_a_subscription_ending_before_any_safe_boundary_says_how_far_it_looked() -> None:
     """A yearly fee started mid-year on a daily subscription that ends within a year: every
     candidate would stop the proration, so the record stays at the next boundary."""
     jan1 = datetime(2027, 1, 1, tzinfo=UTC)
